@@ -1,0 +1,108 @@
+"""What the model sees: raw ALE frames turned into the image(s) of the acting prompt.
+
+Two encodings:
+- ``rgb``: each of the last ``frames`` frames as its own image (SmolVLM's way: it has
+  pretrained vision and reads colours).
+- ``motion``: the current and previous frame in ONE image, R = current luminance,
+  G = previous, B = current, background subtracted, so a 16-token image shows where
+  the ball is and which way it moves (FACTS: the tiny model learns to see this quickly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from vlmrl.env import game_name
+
+# Rows of the playfield (below the score, between the walls) per game, for ``crop``.
+PLAYFIELD_ROWS: dict[str, tuple[int, int]] = {"Pong": (34, 194)}
+# Luminance of the empty playfield, subtracted by the motion encoding.
+BACKGROUND_LUMINANCE: dict[str, float] = {"Pong": 87.0}
+_MOTION_GAIN = 1.7  # maps the ball's contrast (~149) to ~254
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """How frames become images: count, encoding, crop and size."""
+
+    frames: int = 1
+    encoding: str = "rgb"
+    crop: bool = False
+    image_size: int = 384
+    resample: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError(f"frames must be at least 1, got {self.frames}")
+        if self.encoding not in ("rgb", "motion"):
+            raise ValueError(f"encoding must be 'rgb' or 'motion', got {self.encoding!r}")
+        if self.encoding == "motion" and self.frames != 2:
+            raise ValueError("the motion encoding packs exactly 2 frames into one image: set frames: 2")
+        if self.resample not in ("nearest", "bilinear"):
+            raise ValueError(f"resample must be 'nearest' or 'bilinear', got {self.resample!r}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+
+    @property
+    def images_per_observation(self) -> int:
+        return 1 if self.encoding == "motion" else self.frames
+
+
+def _crop(frame: np.ndarray, game_id: str, crop: bool) -> np.ndarray:
+    if not crop:
+        return frame
+    rows = PLAYFIELD_ROWS.get(game_name(game_id))
+    if rows is None:
+        raise ValueError(
+            f"no playfield crop is known for {game_id}; known: {sorted(PLAYFIELD_ROWS)}. Set crop: false"
+        )
+    return frame[rows[0] : rows[1]]
+
+
+def _resize(image: Image.Image, config: ObservationConfig) -> Image.Image:
+    # Nearest keeps Pong's 2x4-pixel ball; bilinear smears it to near invisibility (FACTS).
+    resample = Image.NEAREST if config.resample == "nearest" else Image.BILINEAR
+    return image.resize((config.image_size, config.image_size), resample)
+
+
+def luminance(frame: np.ndarray) -> np.ndarray:
+    return frame[..., 0] * 0.299 + frame[..., 1] * 0.587 + frame[..., 2] * 0.114
+
+
+def motion_image(current: np.ndarray, previous: np.ndarray, game_id: str) -> np.ndarray:
+    """Two RGB frames -> one uint8 image: R,B = current, G = previous, background ~1, never all 0."""
+    background = BACKGROUND_LUMINANCE.get(game_name(game_id), 0.0)
+    channels = []
+    for frame in (current, previous, current):
+        contrast = np.abs(luminance(frame.astype(np.float32)) - background) * _MOTION_GAIN
+        channels.append(np.clip(contrast, 0, 254) + 1)
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def encode_observation(frames: list[np.ndarray], config: ObservationConfig, game_id: str) -> list[Image.Image]:
+    """The last ``config.frames`` raw frames (oldest first) -> the prompt's images."""
+    if len(frames) != config.frames:
+        raise ValueError(f"expected {config.frames} frames, got {len(frames)}")
+    cropped = [_crop(f, game_id, config.crop) for f in frames]
+    if config.encoding == "motion":
+        arrays = [motion_image(cropped[-1], cropped[-2], game_id)]
+    else:
+        arrays = cropped
+    return [_resize(Image.fromarray(a), config) for a in arrays]
+
+
+class FrameHistory:
+    """The last K frames of one episode; the first frame is repeated until K have been seen."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.frames: list[np.ndarray] = []
+
+    def reset(self, frame: np.ndarray) -> None:
+        self.frames = [frame] * self.k
+
+    def push(self, frame: np.ndarray) -> None:
+        self.frames = [*self.frames[1:], frame]

@@ -1,0 +1,166 @@
+"""The acting and reflection prompts, the JSON answer format, and its parser.
+
+The answer is a JSON object with ``action`` and ``reasoning``. The action comes first:
+constrained decoding scores the legal action names at that fixed position with one
+forward pass, and the training completions put it in the same place; the reasoning
+follows as the model's explanation. The parser accepts either key order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from vlmrl.env import game_name
+
+GAME_RULES: dict[str, str] = {
+    "Pong": "You are the green paddle on the right: hit the ball back or lose a point.",
+}
+# What each action does to the player, in words the model can tie to the picture.
+ACTION_EFFECTS: dict[str, dict[str, str]] = {
+    "Pong": {
+        "NOOP": "stay",
+        "FIRE": "stay",
+        "RIGHT": "up",
+        "LEFT": "down",
+        "RIGHTFIRE": "up",
+        "LEFTFIRE": "down",
+    },
+}
+ANSWER_PREFIX = '{"action": "'
+MAX_ANSWER_CHARS = 4000  # longer outputs are cut before parsing: a runaway generation is not an answer
+
+
+def system_prompt(game_id: str, actions: list[str]) -> str:
+    """Explains the game, its actions and the answer format."""
+    game = game_name(game_id)
+    rules = GAME_RULES.get(game, f"You are playing the Atari game {game}. Score as many points as you can.")
+    effects = ACTION_EFFECTS.get(game, {})
+    listed = " ".join(f"{a} ({effects[a]})" if a in effects else a for a in actions)
+    return f"{game}. {rules} Actions: {listed}. " 'Answer JSON: {"action": ..., "reasoning": ...}.'
+
+
+
+def user_prompt(num_images: int, encoding: str) -> str:
+    if encoding == "motion":
+        return "Red: now, green: before. Your move?"
+    if num_images > 1:
+        return f"The last {num_images} frames, oldest first. Your move?"
+    return "Your move?"
+
+
+def acting_messages(game_id: str, actions: list[str], num_images: int, encoding: str) -> list[dict]:
+    """The acting prompt as chat messages (TRL's conversational format, images as placeholders)."""
+    content = [{"type": "image"} for _ in range(num_images)]
+    content.append({"type": "text", "text": user_prompt(num_images, encoding)})
+    return [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt(game_id, actions)}]},
+        {"role": "user", "content": content},
+    ]
+
+
+def format_answer(action: str, reasoning: str) -> str:
+    return json.dumps({"action": action, "reasoning": reasoning})
+
+
+def completion_messages(action: str, reasoning: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": format_answer(action, reasoning)}]}]
+
+
+@dataclass
+class ParsedAnswer:
+    """An answer after parsing: ``action`` is None when it was not valid."""
+
+    action: str | None
+    reasoning: str
+    valid: bool
+    error: str = ""
+
+
+_ACTION_RE = re.compile(r'"action"\s*:\s*"([A-Za-z_]+)"')
+_REASONING_RE = re.compile(r'"reasoning"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _json_objects(text: str):
+    """Yields each top-level JSON object that decodes, in order of appearance."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(obj, dict):
+            yield obj
+        start = text.find("{", end)
+
+
+def parse_answer(text: str, legal_actions: list[str], keys: tuple[str, str] = ("action", "reasoning")) -> ParsedAnswer:
+    """Parses ``{"action": ..., "reasoning": ...}`` (or other ``keys``); never raises."""
+    action_key, reasoning_key = keys
+    text = (text or "")[:MAX_ANSWER_CHARS]
+    legal = {a.upper(): a for a in legal_actions}
+    for obj in _json_objects(text):
+        if action_key not in obj:
+            continue
+        value = obj[action_key]
+        reasoning = obj.get(reasoning_key, "")
+        reasoning = reasoning if isinstance(reasoning, str) else json.dumps(reasoning)
+        if not isinstance(value, str):
+            return ParsedAnswer(None, reasoning, False, f"{action_key} is not a string: {value!r}"[:200])
+        if value.strip().upper() not in legal:
+            return ParsedAnswer(None, reasoning, False, f"illegal action {value!r}"[:200])
+        return ParsedAnswer(legal[value.strip().upper()], reasoning, True)
+    # Small models often get the JSON almost right (a missing brace): salvage the fields.
+    if action_key == "action":
+        match = _ACTION_RE.search(text)
+        if match and match.group(1).upper() in legal:
+            reasoning_match = _REASONING_RE.search(text)
+            reasoning = reasoning_match.group(1) if reasoning_match else ""
+            return ParsedAnswer(legal[match.group(1).upper()], reasoning, False, "malformed JSON")
+    return ParsedAnswer(None, "", False, "no JSON object with an action")
+
+
+# --- reflection ---------------------------------------------------------------------------
+
+REFLECTION_KEYS = ("analysis", "correct_action", "correct_reasoning")
+
+
+def reflection_messages(
+    game_id: str,
+    actions: list[str],
+    *,
+    action_taken: str,
+    reasoning: str,
+    reward: float,
+    return_to_go: float,
+    num_images_now: int,
+    num_images_next: int,
+) -> list[dict]:
+    """The self/teacher reflection prompt: the frame(s), the move, its outcome and the next frame(s)."""
+    game = game_name(game_id)
+    rules = GAME_RULES.get(game, f"The Atari game {game}.")
+    effects = ACTION_EFFECTS.get(game, {})
+    listed = ", ".join(f"{a} ({effects[a]})" if a in effects else a for a in actions)
+    before = [{"type": "image"} for _ in range(num_images_now)]
+    after = [{"type": "image"} for _ in range(num_images_next)]
+    text = (
+        f"You played {action_taken} here, saying: {reasoning or '(nothing)'}. "
+        f"Reward {reward:+g}; this move led toward a lost point (discounted return {return_to_go:+.2f}). "
+        "The next frame follows. What should you have done, and why?"
+    )
+    return [
+        {
+            "role": "system",
+            "content": [
+                {
+                    "type": "text",
+                    "text": f"{game}. {rules} Actions: {listed}. Answer JSON: "
+                    '{"analysis": ..., "correct_action": ..., "correct_reasoning": ...}.',
+                }
+            ],
+        },
+        {"role": "user", "content": [*before, {"type": "text", "text": text}, *after]},
+    ]

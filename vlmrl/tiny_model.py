@@ -1,0 +1,251 @@
+"""A tiny model of SmolVLM's architecture (Idefics3), built locally with its own tokenizer.
+
+It is saved with ``save_pretrained`` and loads through exactly the path that loads
+``HuggingFaceTB/SmolVLM-Instruct`` (``AutoModelForImageTextToText`` + ``AutoProcessor``),
+so every phase runs offline on a 2-core CPU. ``python -m vlmrl.tiny_model --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlmrl.prompts import (
+    ACTION_EFFECTS,
+    REFLECTION_KEYS,
+    acting_messages,
+    format_answer,
+    reflection_messages,
+)
+
+DEFAULT_TINY_PATH = "data/models/tiny-smolvlm"
+GAME_ID = "ALE/Pong-v5"
+PONG_ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+
+SPECIAL_TOKENS = [
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<|pad|>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)],
+]
+
+# SmolVLM's chat template, with generation markers so TRL can mask everything but the answer.
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}{{ ': ' + message['content'] }}"
+    "{% elif message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% if message['content'] is not string %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for line in message['content'] %}{{ line['text'] }}{% endfor %}<end_of_utterance>"
+    "{% endgeneration %}"
+    "{% else %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>"
+    "{% endif %}"
+    "{% else %}<end_of_utterance>{% endif %}"
+    "{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+@dataclass
+class TinyModelConfig:
+    """Shapes of the tiny model; defaults follow the perception probe in FACTS.md."""
+
+    image_size: int = 128
+    patch_size: int = 16
+    scale_factor: int = 2
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    vocab_size: int = 1000
+    seed: int = 0
+
+    @property
+    def image_seq_len(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 // self.scale_factor**2
+
+
+def _tokenizer_corpus(extra_texts: list[str]) -> list[str]:
+    """Text the BPE is trained on: the prompts and answers the model will see, repeated."""
+    rng = random.Random(0)
+    texts: list[str] = []
+    for encoding, n in (("rgb", 1), ("rgb", 2), ("motion", 1)):
+        for message in acting_messages(GAME_ID, PONG_ACTIONS, n, encoding):
+            texts += [c["text"] for c in message["content"] if c["type"] == "text"]
+    for message in reflection_messages(
+        GAME_ID, PONG_ACTIONS, action_taken="LEFT", reasoning="r", reward=-1.0, return_to_go=-0.5,
+        num_images_now=1, num_images_next=1,
+    ):
+        texts += [c["text"] for c in message["content"] if c["type"] == "text"]
+    words = ["ball", "paddle", "above", "below", "level", "moving", "up", "down", "toward", "away", "stay",
+             "row", "column", "at", "is", "the", "my", "your", "so", "to", "meet", "it", "will", "reach",
+             "predicted", "intercept", "out", "of", "play", "wait", "centre", "move", "and", "from", "with"]
+    for _ in range(300):
+        action = rng.choice(PONG_ACTIONS)
+        sentence = " ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 255)}."
+        texts.append(format_answer(action, sentence))
+        texts.append(json.dumps(dict(zip(REFLECTION_KEYS, [sentence, action, sentence], strict=True))))
+    texts += [" ".join(str(i) for i in range(256)), "System: User: Assistant:"]
+    texts += list(ACTION_EFFECTS["Pong"]) * 50
+    return texts * 20 + extra_texts
+
+
+def build_tokenizer(vocab_size: int, extra_texts: list[str] = (), extra_tokens: list[str] = ()):
+    """A byte-level BPE with SmolVLM's special tokens; every Pong action name is one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS + list(extra_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_corpus(list(extra_texts)), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|pad|>",
+        unk_token=None,
+        additional_special_tokens=["<image>", "<fake_token_around_image>", "<global-img>"],
+        padding_side="left",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    for action in PONG_ACTIONS:
+        ids = tokenizer(action, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:  # constrained decoding's single-forward fast path relies on it
+            raise RuntimeError(f"tiny tokenizer splits {action!r} into {len(ids)} tokens")
+    return tokenizer
+
+
+def build_processor(config: TinyModelConfig, tokenizer):
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    image_processor = Idefics3ImageProcessorPil(
+        do_resize=True,
+        size={"longest_edge": config.image_size},
+        max_image_size={"longest_edge": config.image_size},
+        do_image_splitting=False,
+        # Zero mean, unit std: the motion encoding's empty background stays near 0 (never exactly 0).
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+    )
+    return Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=config.image_seq_len,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(config: TinyModelConfig, tokenizer):
+    """A seeded, random-init Idefics3ForConditionalGeneration of the tiny shapes."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    model_config = Idefics3Config(
+        vision_config={
+            "hidden_size": config.vision_hidden,
+            "intermediate_size": config.vision_hidden * 4,
+            "num_hidden_layers": config.vision_layers,
+            "num_attention_heads": config.vision_heads,
+            "image_size": config.image_size,
+            "patch_size": config.patch_size,
+        },
+        text_config={
+            "model_type": "llama",
+            "hidden_size": config.text_hidden,
+            "intermediate_size": config.text_hidden * 4,
+            "num_hidden_layers": config.text_layers,
+            "num_attention_heads": config.text_heads,
+            "num_key_value_heads": config.text_heads,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 1024,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        },
+        scale_factor=config.scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = Idefics3ForConditionalGeneration(model_config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def build_tiny_model(output_dir: str | Path, config: TinyModelConfig | None = None, card_text: str = "") -> Path:
+    """Builds and saves the random-init tiny model, tokenizer and processor; returns the path."""
+    config = config or TinyModelConfig()
+    output_dir = Path(output_dir)
+    tokenizer = build_tokenizer(config.vocab_size)
+    processor = build_processor(config, tokenizer)
+    model = build_model(config, tokenizer)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    (output_dir / "tiny_config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_model_card(output_dir, config, card_text)
+    return output_dir
+
+
+def write_model_card(output_dir: Path, config: TinyModelConfig, body: str = "") -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    n_params = sum(p.numel() for p in _load_for_count(output_dir).parameters())
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", tags=["vlmrl", "atari", "pong"])
+    shapes = "\n".join(f"- {k}: {v}" for k, v in asdict(config).items())
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n# tiny-smolvlm\n\n"
+        f"A tiny model of SmolVLM's architecture (Idefics3) built locally by vlmrl, {n_params / 1e6:.2f} M parameters, "
+        f"{config.image_seq_len} image tokens per image.\n\n## Shapes\n\n{shapes}\n\n{body}\n"
+    )
+    ModelCard(text).save(output_dir / "README.md")
+
+
+def _load_for_count(path: Path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the tiny SmolVLM-architecture model used by the tiny recipe.")
+    parser.add_argument("--output-dir", default=DEFAULT_TINY_PATH, help="where to save it (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    parser.add_argument("--force", action="store_true", help="rebuild even if a model is already there")
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    if (out / "config.json").exists() and not args.force:
+        print(f"tiny model already built at {out} (use --force to rebuild)")
+        return
+    build_tiny_model(out, TinyModelConfig(seed=args.seed))
+    print(f"tiny model saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
