@@ -164,9 +164,7 @@ def build_results(
     if len(returns) == 0:
         raise ResultsSchemaError("an evaluation needs at least one episode's return, got none")
     if len(seeds) != len(returns):
-        raise ResultsSchemaError(
-            f"one seed per episode: got {len(seeds)} seeds for {len(returns)} returns"
-        )
+        raise ResultsSchemaError(f"one seed per episode: got {len(seeds)} seeds for {len(returns)} returns")
     returns_list = [float(r) for r in returns]
     mean_return = float(np.mean(returns_list))
     low, high = bootstrap_ci(returns_list)

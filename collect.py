@@ -1,0 +1,24 @@
+"""The trial phase: a model (or a baseline policy) plays episodes, recorded as a HF dataset.
+
+    python collect.py --config recipes/tiny-smolvlm/pong/collect.yaml --episodes 5
+    python collect.py --policy random --episodes 10 --output-dir data/random
+"""
+
+from vlmrl.cli import parse, run
+from vlmrl.collection import collect, format_summary
+from vlmrl.configs import CollectArguments
+
+
+def main(args: CollectArguments) -> dict:
+    summary = collect(args)
+    print(format_summary(summary))
+    print(f"episodes written to {args.output_dir}")
+    if args.push_to_hub:
+        from vlmrl.hub import push_dataset_dir
+
+        push_dataset_dir(args.output_dir, args.push_to_hub, config_name=f"iteration-{args.iteration}")
+    return summary
+
+
+if __name__ == "__main__":
+    run(lambda: main(*parse((CollectArguments,))))

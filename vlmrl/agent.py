@@ -1,0 +1,233 @@
+"""Policies that act on a batch of observations: the VLM agent and the random/oracle baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlmrl.observation import ObservationConfig, encode_observation
+from vlmrl.prompts import ANSWER_PREFIX, acting_messages, format_answer, parse_answer
+
+
+@dataclass
+class Observation:
+    """What a policy may look at for one env: the last K frames (oldest first) and the RAM."""
+
+    frames: list[np.ndarray]
+    ram: np.ndarray
+    prev_ram: np.ndarray | None = None
+
+
+@dataclass
+class Decision:
+    """One step's action with what the policy said about it."""
+
+    action: str
+    reasoning: str = ""
+    raw_output: str = ""
+    valid: bool = True
+
+
+class RandomPolicy:
+    """Uniformly random legal actions, seeded."""
+
+    name = "random"
+
+    def __init__(self, actions: list[str], seed: int = 0) -> None:
+        self.actions = actions
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, observations: list[Observation]) -> list[Decision]:
+        picks = self.rng.integers(len(self.actions), size=len(observations))
+        return [Decision(self.actions[i]) for i in picks]
+
+
+class OraclePolicy:
+    """The RAM-reading oracle as a player (the reference line for every learning curve)."""
+
+    name = "oracle"
+
+    def __init__(self, game_id: str) -> None:
+        from vlmrl.oracle import get_oracle
+
+        self.oracle = get_oracle(game_id)
+
+    def act(self, observations: list[Observation]) -> list[Decision]:
+        decisions = self.oracle.decide_batch([o.ram for o in observations], [o.prev_ram for o in observations])
+        return [Decision(d.action, d.reasoning, format_answer(d.action, d.reasoning)) for d in decisions]
+
+
+class PromptEncoder:
+    """Turns observations into model inputs; the prompt is the same every step, so it is tokenized once.
+
+    The fast path builds ``pixel_values`` with the image processor's own rescale/normalise
+    constants; it is used only when the processor would neither resize nor split the
+    already-resized images (checked once against the processor itself in the tests).
+    """
+
+    def __init__(self, processor, game_id: str, actions: list[str], observation: ObservationConfig) -> None:
+        self.processor = processor
+        self.game_id = game_id
+        self.observation = observation
+        n_images = observation.images_per_observation
+        self.prompt = processor.apply_chat_template(
+            acting_messages(game_id, actions, n_images, observation.encoding), add_generation_prompt=True
+        )
+        ip = processor.image_processor
+        size = getattr(ip, "size", None) or {}
+        self.fast = (
+            not getattr(ip, "do_image_splitting", False)
+            and size.get("longest_edge") == observation.image_size
+            and getattr(ip, "do_rescale", True)
+        )
+        self._ids_cache: dict[str, torch.Tensor] = {}
+
+    def images(self, observations: list[Observation]) -> list[list]:
+        return [encode_observation(o.frames, self.observation, self.game_id) for o in observations]
+
+    def encode(self, observations: list[Observation], suffix: str = "") -> dict[str, torch.Tensor]:
+        images = self.images(observations)
+        text = self.prompt + suffix
+        if not self.fast:
+            return self.processor(text=[text] * len(images), images=images, return_tensors="pt", padding=True)
+        if text not in self._ids_cache:
+            probe = self.processor(text=[text], images=[images[0]], return_tensors="pt")
+            self._ids_cache[text] = probe["input_ids"][0]
+        ids = self._ids_cache[text]
+        ip = self.processor.image_processor
+        pixels = np.stack([np.stack([np.asarray(im, dtype=np.float32) for im in obs]) for obs in images])
+        pixels = pixels * ip.rescale_factor
+        if ip.do_normalize:
+            pixels = (pixels - np.asarray(ip.image_mean, np.float32)) / np.asarray(ip.image_std, np.float32)
+        pixel_values = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous()
+        batch = len(images)
+        return {
+            "input_ids": ids.unsqueeze(0).expand(batch, -1).contiguous(),
+            "attention_mask": torch.ones(batch, ids.shape[0], dtype=torch.long),
+            "pixel_values": pixel_values,
+            "pixel_attention_mask": torch.ones(pixel_values.shape[:2] + pixel_values.shape[3:], dtype=torch.bool),
+        }
+
+
+class VLMPolicy:
+    """A vision-language model playing: constrained (score the legal actions) or free generation."""
+
+    name = "model"
+
+    def __init__(
+        self,
+        model,
+        processor,
+        game_id: str,
+        actions: list[str],
+        observation: ObservationConfig,
+        *,
+        decode: str = "constrained",
+        temperature: float = 0.0,
+        max_new_tokens: int = 48,
+        fallback_action: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        if decode not in ("constrained", "generate"):
+            raise ValueError(f"decode must be 'constrained' or 'generate', got {decode!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.model = model
+        self.processor = processor
+        self.actions = actions
+        self.decode = decode
+        self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
+        self.fallback_action = fallback_action or actions[0]
+        if self.fallback_action not in actions:
+            raise ValueError(f"fallback action {self.fallback_action!r} is not one of {actions}")
+        self.encoder = PromptEncoder(processor, game_id, actions, observation)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(model.parameters()).device
+        tokenizer = processor.tokenizer
+        self._action_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in actions]
+        first = [ids[0] for ids in self._action_ids]
+        # One token per action and distinct: a single forward scores them all at the next position.
+        self._single_token = all(len(ids) == 1 for ids in self._action_ids) and len(set(first)) == len(first)
+
+    def _to_device(self, inputs: dict) -> dict:
+        dtype = next(self.model.parameters()).dtype
+        out = {}
+        for key, value in inputs.items():
+            value = value.to(self.device)
+            out[key] = value.to(dtype) if key == "pixel_values" else value
+        return out
+
+    @torch.inference_mode()
+    def action_logprobs(self, observations: list[Observation]) -> torch.Tensor:
+        """Log-likelihood of each legal action after the answer prefix, shape (batch, actions)."""
+        if self._single_token:
+            inputs = self._to_device(self.encoder.encode(observations, " " + ANSWER_PREFIX))
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+            ids = torch.tensor([i[0] for i in self._action_ids], device=logits.device)
+            return torch.log_softmax(logits, dim=-1)[:, ids].cpu()
+        return self._sequence_logprobs(observations)
+
+    def _sequence_logprobs(self, observations: list[Observation]) -> torch.Tensor:
+        # Multi-token names (a real tokenizer splits RIGHTFIRE): score each full name plus the
+        # closing quote, all (observation, action) pairs in one batched forward pass.
+        prefix = self.encoder.prompt + " " + ANSWER_PREFIX
+        tokenizer = self.processor.tokenizer
+        prefix_len = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        texts, images = [], []
+        obs_images = self.encoder.images(observations)
+        for imgs in obs_images:
+            for action in self.actions:
+                texts.append(prefix + action + '"')
+                images.append(imgs)
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        finally:
+            tokenizer.padding_side = padding_side
+        text_lens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        inputs = self._to_device(inputs)
+        logits = self.model(**inputs).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = inputs["input_ids"][:, 1:]
+        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        scores = []
+        for row, n in enumerate(text_lens):
+            k = n - prefix_len  # tokens of the action name and quote, at the end (left padding)
+            scores.append(token_lp[row, -k:].sum())
+        return torch.stack(scores).view(len(observations), len(self.actions)).cpu()
+
+    def _pick(self, logprobs: torch.Tensor) -> list[int]:
+        if self.temperature == 0:
+            return logprobs.argmax(dim=-1).tolist()
+        probs = torch.softmax(logprobs / self.temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
+
+    def act(self, observations: list[Observation]) -> list[Decision]:
+        if not observations:
+            return []
+        if self.decode == "constrained":
+            picks = self._pick(self.action_logprobs(observations))
+            return [
+                Decision(self.actions[i], "", ANSWER_PREFIX + self.actions[i] + '"', True) for i in picks
+            ]
+        return self._generate(observations)
+
+    @torch.inference_mode()
+    def _generate(self, observations: list[Observation]) -> list[Decision]:
+        inputs = self._to_device(self.encoder.encode(observations))
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
+        if self.temperature > 0:
+            kwargs["temperature"] = self.temperature
+        tokenizer = self.processor.tokenizer
+        output = self.model.generate(**inputs, **kwargs, pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        decisions = []
+        for text in texts:
+            parsed = parse_answer(text, self.actions)
+            action = parsed.action if parsed.valid else self.fallback_action
+            decisions.append(Decision(action, parsed.reasoning, text, parsed.valid))
+        return decisions

@@ -1,0 +1,183 @@
+"""The trial phase: play episodes and write them, one parquet shard per finished episode."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from vlmrl.configs import CollectArguments, PolicyArguments
+from vlmrl.data import (
+    EPISODE_FEATURES,
+    check_manifest,
+    discounted_returns,
+    ensure_writable,
+    existing_shards,
+    shard_dir,
+    write_dataset_card,
+    write_json,
+    write_shard,
+)
+from vlmrl.env import AtariBatch
+from vlmrl.rollout import EpisodeRecord, play_episodes
+
+MANIFEST = "collection.json"
+SUMMARY = "summary.json"
+# Settings that must match for a re-run to resume a collection rather than mix two.
+_RESUME_KEYS = ("model", "policy", "game", "seed", "max_steps", "decode", "temperature", "frames", "encoding",
+                "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration")
+
+
+def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: int):
+    """The policy the arguments name; returns it with the model's name for the records."""
+    from vlmrl.agent import OraclePolicy, RandomPolicy, VLMPolicy
+
+    if args.policy == "random":
+        return RandomPolicy(actions, seed=seed), "random"
+    if args.policy == "oracle":
+        return OraclePolicy(game_id), "oracle"
+    from vlmrl.models import load_processor, load_vlm
+
+    model = load_vlm(args.model)
+    observation = args.observation_config(model.config.vision_config.image_size)
+    processor = load_processor(args.model, observation)
+    policy = VLMPolicy(
+        model, processor, game_id, actions, observation,
+        decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=seed,
+    )
+    return policy, args.model
+
+
+def episode_rows(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> list[dict]:
+    returns = discounted_returns([s.reward for s in episode.steps], gamma)
+    return [
+        {
+            "episode_id": episode.episode_id,
+            "seed": episode.seed,
+            "step": t,
+            "frame": Image.fromarray(step.frame),
+            "action": step.decision.action,
+            "reasoning": step.decision.reasoning,
+            "raw_output": step.decision.raw_output,
+            "valid": step.decision.valid,
+            "reward": step.reward,
+            "terminated": step.terminated,
+            "truncated": step.truncated,
+            "return_to_go": float(returns[t]),
+            "ram": step.ram.tolist(),
+            "model": model,
+            "iteration": iteration,
+        }
+        for t, step in enumerate(episode.steps)
+    ]
+
+
+def episode_shard_name(episode_id: int) -> str:
+    return f"episode-{episode_id:06d}"
+
+
+def summarize(output_dir: str | Path) -> dict:
+    """Episodes, returns, steps and invalid-output rate, read from every shard on disk."""
+    files = sorted(shard_dir(output_dir).glob("episode-*.parquet"))
+    returns, steps, invalid = [], 0, 0
+    for f in files:
+        table = pq.read_table(f, columns=["reward", "valid"])
+        rewards = table.column("reward").to_numpy()
+        returns.append(float(rewards.sum()))
+        steps += len(rewards)
+        invalid += int((~table.column("valid").to_numpy(zero_copy_only=False)).sum())
+    return {
+        "episodes": len(files),
+        "returns": returns,
+        "mean_return": float(np.mean(returns)) if returns else None,
+        "std_return": float(np.std(returns)) if returns else None,
+        "steps": steps,
+        "invalid_rate": invalid / steps if steps else 0.0,
+    }
+
+
+def collect(args: CollectArguments) -> dict:
+    """Runs the trial phase; resumes a partial collection in ``args.output_dir``. Returns the summary."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    output_dir = Path(args.output_dir)
+    if state.is_main_process:
+        ensure_writable(output_dir)
+        check_manifest(output_dir, MANIFEST, {k: getattr(args, k) for k in _RESUME_KEYS}, "collection")
+    state.wait_for_everyone()
+
+    done = {int(name.split("-")[1]) for name in existing_shards(output_dir) if name.startswith("episode-")}
+    jobs = [
+        (i, args.seed + i)
+        for i in range(args.episodes)
+        if i not in done and i % state.num_processes == state.process_index
+    ]
+    batch = AtariBatch(args.game, args.num_envs, frameskip=args.frameskip,
+                       repeat_action_probability=args.repeat_action_probability)
+    new_steps, start = 0, time.perf_counter()
+    try:
+        if jobs:
+            policy, model_name = build_policy(args, args.game, batch.action_names, seed=args.seed + state.process_index)
+            for episode in play_episodes(
+                policy, batch, jobs, frames=args.frames, max_steps=args.max_steps,
+                progress=args.progress and state.is_local_main_process, desc="collect",
+            ):
+                rows = episode_rows(episode, model=model_name, iteration=args.iteration, gamma=args.gamma)
+                write_shard(output_dir, episode_shard_name(episode.episode_id), rows, EPISODE_FEATURES)
+                new_steps += len(rows)
+    finally:
+        batch.close()
+    elapsed = time.perf_counter() - start
+    state.wait_for_everyone()
+    summary = summarize(output_dir)
+    summary.update(
+        {
+            "requested_episodes": args.episodes,
+            "resumed_episodes": len(done),
+            "new_steps": new_steps,
+            "steps_per_s": new_steps / elapsed if new_steps else None,
+            "wall_s": elapsed,
+            "settings": {k: v for k, v in asdict(args).items() if k != "push_to_hub"},
+        }
+    )
+    if state.is_main_process:
+        write_json(output_dir / SUMMARY, summary)
+        write_dataset_card(
+            output_dir,
+            title=f"vlmrl episodes: {args.game}, {args.policy} policy",
+            body=episodes_card_body(args, summary),
+            tags=["episodes"],
+        )
+    return summary
+
+
+def episodes_card_body(args: CollectArguments, summary: dict) -> str:
+    who = args.model if args.policy == "model" else f"the {args.policy} policy"
+    mean = summary["mean_return"]
+    return (
+        f"Episodes of {args.game} played by {who} (iteration {args.iteration}), one row per agent step: "
+        "the frame the agent saw, its action and reasoning, the reward, the discounted return-to-go "
+        f"(gamma {args.gamma}) and the 128-byte RAM.\n\n"
+        f"- episodes: {summary['episodes']} (seeds {args.seed}..{args.seed + args.episodes - 1})\n"
+        f"- steps: {summary['steps']}\n"
+        f"- mean return: {mean if mean is None else round(mean, 2)} (std {summary['std_return']})\n"
+        f"- invalid outputs: {summary['invalid_rate']:.3f}\n"
+        f"- protocol: frameskip {args.frameskip}, sticky actions {args.repeat_action_probability}, "
+        f"max steps {args.max_steps}\n"
+        f"- observation: {args.frames} frame(s), {args.encoding}, crop {args.crop}, decode {args.decode}\n"
+    )
+
+
+def format_summary(summary: dict) -> str:
+    mean = summary["mean_return"]
+    rate = summary.get("steps_per_s")
+    return (
+        f"episodes {summary['episodes']} | mean return {mean if mean is None else f'{mean:+.2f}'}"
+        f" ± {summary['std_return'] or 0:.2f} | steps {summary['steps']}"
+        f" | steps/s {rate if rate is None else f'{rate:.0f}'} | invalid {summary['invalid_rate']:.1%}"
+    )

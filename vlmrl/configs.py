@@ -1,0 +1,100 @@
+"""Script arguments as dataclasses: every field is a CLI flag (both -/_ spellings) and a recipe key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlmrl.observation import ObservationConfig
+
+
+@dataclass
+class EnvArguments:
+    """The game and its protocol (ALE v5 by default)."""
+
+    game: str = field(default="ALE/Pong-v5", metadata={"help": "ALE game id, e.g. ALE/Pong-v5"})
+    frameskip: int = field(default=4, metadata={"help": "emulator frames per agent step (v5: 4)"})
+    repeat_action_probability: float = field(
+        default=0.25, metadata={"help": "sticky-action probability (v5: 0.25)"}
+    )
+
+
+@dataclass
+class ObservationArguments:
+    """What the model sees of the game."""
+
+    frames: int = field(default=1, metadata={"help": "frames per observation (2 shows which way the ball moves)"})
+    encoding: str = field(
+        default="rgb",
+        metadata={"help": "rgb: each frame its own image; motion: 2 frames packed in one image (tiny model)"},
+    )
+    crop: bool = field(default=False, metadata={"help": "crop the playfield before resizing"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "image side in pixels (default: the model's vision image size)"}
+    )
+    resample: str = field(default="nearest", metadata={"help": "resize filter: nearest keeps the ball, or bilinear"})
+
+    def observation_config(self, default_image_size: int = 384) -> ObservationConfig:
+        return ObservationConfig(
+            frames=self.frames,
+            encoding=self.encoding,
+            crop=self.crop,
+            image_size=self.image_size or default_image_size,
+            resample=self.resample,
+        )
+
+
+@dataclass
+class PolicyArguments(ObservationArguments):
+    """Who plays: a VLM or a baseline policy, and how the VLM decodes."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "model path or Hub id (a VLM); required with --policy model"}
+    )
+    policy: str = field(default="model", metadata={"help": "model, random or oracle"})
+    decode: str = field(
+        default="constrained",
+        metadata={"help": "constrained: score the legal actions in one forward; generate: free JSON text, parsed"},
+    )
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    max_new_tokens: int = field(default=48, metadata={"help": "generation budget per answer (generate mode)"})
+
+    def validate_policy(self) -> None:
+        if self.policy not in ("model", "random", "oracle"):
+            raise ValueError(f"--policy must be model, random or oracle, got {self.policy!r}")
+        if self.policy == "model" and not self.model:
+            raise ValueError("--policy model needs --model (a path or Hub id); or use --policy random/oracle")
+        if self.decode not in ("constrained", "generate"):
+            raise ValueError(f"--decode must be constrained or generate, got {self.decode!r}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        self.observation_config()  # validates frames/encoding/resample now, before any work
+
+
+@dataclass
+class CollectArguments(PolicyArguments, EnvArguments):
+    """collect.py: play episodes and record every step as an episodes dataset."""
+
+    episodes: int = field(default=10, metadata={"help": "episodes to collect"})
+    max_steps: int | None = field(default=None, metadata={"help": "cap on agent steps per episode (default: none)"})
+    num_envs: int = field(default=8, metadata={"help": "environments stepped as one batch"})
+    seed: int = field(default=0, metadata={"help": "episode i is played with seed + i"})
+    gamma: float = field(default=0.99, metadata={"help": "discount of the stored return_to_go"})
+    iteration: int = field(default=0, metadata={"help": "loop iteration recorded with each step"})
+    output_dir: str = field(default="data/episodes", metadata={"help": "where the episodes dataset is written"})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset id to publish to (user/name); the local copy is kept"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.episodes < 0:
+            raise ValueError(f"--episodes must be >= 0, got {self.episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.num_envs < 1:
+            raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"--gamma must be in [0, 1], got {self.gamma}")
+        if self.seed < 0 or self.seed + self.episodes > 1_000_000:
+            raise ValueError("collection seeds must lie in [0, 1,000,000): evaluation uses the seeds above")
+        self.validate_policy()

@@ -1,0 +1,189 @@
+"""Dataset schemas and storage: a dataset on disk has the Hub's own shape.
+
+A dataset directory holds parquet shards under ``data/`` and a ``README.md`` card whose
+YAML names the config, so ``datasets.load_dataset(path)`` and
+``load_dataset("user/name", "iteration-2")`` read it the same way. Writers add one shard
+per finished unit of work (an episode, a batch of reflections) with an atomic rename:
+an interrupted run keeps what it finished, and a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, Features, Image, Sequence, Value
+
+EPISODE_FEATURES = Features(
+    {
+        "episode_id": Value("int32"),
+        "seed": Value("int64"),
+        "step": Value("int32"),
+        "frame": Image(),
+        "action": Value("string"),
+        "reasoning": Value("string"),
+        "raw_output": Value("string"),
+        "valid": Value("bool"),
+        "reward": Value("float32"),
+        "terminated": Value("bool"),
+        "truncated": Value("bool"),
+        "return_to_go": Value("float32"),
+        "ram": Sequence(Value("uint8"), length=128),
+        "model": Value("string"),
+        "iteration": Value("int32"),
+    }
+)
+EPISODE_COLUMNS = list(EPISODE_FEATURES)
+
+
+def discounted_returns(rewards: list[float] | np.ndarray, gamma: float) -> np.ndarray:
+    """return_to_go[t] = reward[t] + gamma * return_to_go[t + 1], computed backwards."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    rewards = np.asarray(rewards, dtype=np.float64)
+    out = np.zeros_like(rewards)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def shard_dir(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / "data"
+
+
+def write_shard(dataset_dir: str | Path, name: str, rows: list[dict[str, Any]], features: Features) -> Path:
+    """Writes ``rows`` as ``data/<name>.parquet`` atomically (temp file, then rename)."""
+    directory = shard_dir(dataset_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{name}.parquet"
+    tmp = directory / f".{name}.parquet.tmp"
+    with _quiet_datasets():
+        Dataset.from_list(rows, features=features).to_parquet(str(tmp))
+    os.replace(tmp, final)
+    return final
+
+
+@contextmanager
+def _quiet_datasets():
+    """No per-shard 'Creating parquet' bars under the phase's own progress bar."""
+    import datasets
+
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def existing_shards(dataset_dir: str | Path) -> list[str]:
+    """Names of the finished shards (a crashed run's temp files are ignored)."""
+    directory = shard_dir(dataset_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.parquet"))
+
+
+def write_dataset_card(dataset_dir: str | Path, *, title: str, body: str, config_name: str = "default",
+                       tags: list[str] | None = None) -> None:
+    """The card whose YAML header makes the folder loadable with ``load_dataset(path)``."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(
+        configs=[{"config_name": config_name, "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        tags=["vlmrl", "atari", *(tags or [])],
+    )
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{body}\n")
+    card.save(Path(dataset_dir) / "README.md")
+
+
+def load_table(dataset_dir: str | Path) -> Dataset:
+    """Loads a local dataset folder written by vlmrl (all shards, one split)."""
+    files = sorted(str(p) for p in shard_dir(dataset_dir).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no dataset shards under {shard_dir(dataset_dir)}")
+    from datasets import load_dataset
+
+    return load_dataset("parquet", data_files=files, split="train")
+
+
+def load_any(reference: str, *, config: str | None = None, revision: str | None = None) -> Dataset:
+    """A dataset from a local folder (vlmrl's layout or a saved dataset) or a Hub id."""
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(reference).expanduser()
+    if path.exists():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            return load_from_disk(str(path))
+        if shard_dir(path).is_dir():
+            return load_table(path)
+        raise FileNotFoundError(f"{reference!r} is a folder but holds no dataset (expected data/*.parquet)")
+    if reference.startswith((".", "/", "~")) or reference.count("/") != 1:
+        raise FileNotFoundError(f"dataset {reference!r} does not exist (neither a local folder nor a Hub id user/name)")
+    try:
+        return load_dataset(reference, config, split="train", revision=revision)
+    except Exception as err:  # noqa: BLE001 - the Hub's errors vary by cause; the message says which
+        raise FileNotFoundError(f"could not load dataset {reference!r} from the Hub: {err}") from None
+
+
+def require_columns(dataset: Dataset, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"the {what} dataset lacks columns {missing} (it has {dataset.column_names}); "
+            f"was it written by the matching vlmrl phase?"
+        )
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Writes JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def ensure_writable(directory: str | Path) -> Path:
+    """Creates ``directory`` or says clearly why it can't be written."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output directory {str(directory)!r} is not writable: {err.strerror or err}") from None
+    return directory
+
+
+def check_manifest(output_dir: Path, name: str, settings: dict[str, Any], what: str) -> None:
+    """Refuses to resume into a folder made with other settings; records the settings otherwise."""
+    manifest = Path(output_dir) / name
+    if manifest.exists():
+        previous = json.loads(manifest.read_text())
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{output_dir} holds a {what} made with other settings ({details}); "
+                "use another --output-dir, or delete it to start over"
+            )
+    elif existing_shards(output_dir):
+        raise ValueError(f"{output_dir} already holds dataset shards of unknown origin; use another --output-dir")
+    write_json(manifest, settings)

@@ -1,0 +1,487 @@
+"""What a Pong frame shows, read from the RAM, and how a model is taught to see it.
+
+Three things share one vocabulary here:
+- the answer key: ``scene_from_ram`` turns this step's and the previous step's RAM into
+  what the observation shows (ball and paddle rows, which way the ball moves);
+- the questions a model must answer from the image (``QUESTIONS``, scored by ``vlmrl.probe``)
+  and the dense caption of the perception pre-training (``caption_tokens``);
+- ``pretrain_perception``: a short pre-training on frames of varied play with targets from
+  the RAM only. It never shows an action label or an action name: the model learns to see,
+  not to play (FACTS: a tiny model that sees learns to act from few corrections).
+
+Pixel geometry (measured on ALE/Pong-v5 frames, rows of the cropped playfield 34-193): the
+ball's top row is ``ram[54] - 48``, 4 rows tall, its column ``ram[49] - 49``, 2 wide; the
+player's paddle top row is ``ram[51] - 47.5`` (±0.5), 16 rows tall, at column 140.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from itertools import islice
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from vlmrl.env import AtariBatch, game_name
+from vlmrl.observation import PLAYFIELD_ROWS, ObservationConfig, encode_observation
+from vlmrl.oracle import PADDLE_CENTRE_OFFSET, get_oracle, parse_pong_ram
+
+GAME_ID = "ALE/Pong-v5"
+PLAYFIELD_HEIGHT = PLAYFIELD_ROWS["Pong"][1] - PLAYFIELD_ROWS["Pong"][0]  # 160 rows
+PLAYFIELD_WIDTH = 160
+# RAM value minus these = centre row / column in the cropped playfield.
+_BALL_ROW_OFFSET = 46  # top row ram-48, 4 rows tall
+_BALL_COL_OFFSET = 48  # left column ram-49, 2 wide
+_PADDLE_ROW_OFFSET = 40  # top row ram-47.5, 16 rows tall
+_BALL_RGB = (236, 236, 236)
+BUCKETS = 16  # rows and columns of the caption, 10 pixels each
+
+# Episode seeds of the pre-training data start here (+ 10,000 per build seed), far from the
+# probe's default held-out seeds (12345 + i): no probe frame comes from a training episode.
+PRETRAIN_SEED_BASE = 1_000_000_000
+
+
+def _require_pong(game_id: str) -> None:
+    if game_name(game_id) != "Pong":
+        raise ValueError(f"perception targets are read from Pong's RAM; {game_id!r} is not Pong (use ALE/Pong-v5)")
+
+
+# --- the answer key -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PongScene:
+    """What one observation (this frame and the previous one) shows, from the RAM."""
+
+    ball_visible: bool
+    ball_row: int | None  # centre row of the ball in the cropped playfield (0..159)
+    ball_col: int | None
+    paddle_row: int  # centre row of the player's paddle in the cropped playfield
+    ball_above_paddle: bool | None
+    vertical: str | None  # "up" / "down"; None when out of play, not moving vertically or unknown
+    horizontal: str | None  # "left" / "right" (right: toward the player)
+
+
+def ball_drawn(frame: np.ndarray, game_id: str = GAME_ID) -> bool:
+    """Whether the ball's colour appears in the playfield of a raw RGB frame."""
+    top, bottom = PLAYFIELD_ROWS[game_name(game_id)]
+    return bool((frame[top:bottom] == _BALL_RGB).all(axis=-1).any())
+
+
+def scene_from_ram(
+    ram: Sequence[int] | np.ndarray,
+    prev_ram: Sequence[int] | np.ndarray | None = None,
+    *,
+    drawn: bool = True,
+) -> PongScene:
+    """The answer key of one observation; ``drawn`` is whether the frame shows the ball.
+
+    The RAM says "in play" on a few frames where the ball isn't drawn (FACTS): the ball is
+    visible only when both agree. Directions need the previous step's RAM with the ball in play.
+    """
+    state = parse_pong_ram(ram)
+    prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
+    paddle_row = state.player_y - _PADDLE_ROW_OFFSET
+    if not (state.ball_in_play and drawn):
+        return PongScene(False, None, None, paddle_row, None, None, None)
+    # Same threshold as the oracle's: ball_y - paddle_y == PADDLE_CENTRE_OFFSET is the paddle's middle.
+    above = state.ball_y - state.player_y < PADDLE_CENTRE_OFFSET
+    vertical = horizontal = None
+    if prev is not None and prev.ball_in_play:
+        dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
+        vertical = "up" if dy < 0 else "down" if dy > 0 else None
+        horizontal = "left" if dx < 0 else "right" if dx > 0 else None
+    return PongScene(
+        ball_visible=True,
+        ball_row=state.ball_y - _BALL_ROW_OFFSET,
+        ball_col=state.ball_x - _BALL_COL_OFFSET,
+        paddle_row=paddle_row,
+        ball_above_paddle=above,
+        vertical=vertical,
+        horizontal=horizontal,
+    )
+
+
+# --- the caption of the pre-training ----------------------------------------------------------
+
+NO_BALL = "<noball>"
+CAPTION_TOKENS: list[str] = [
+    "<above>",
+    "<below>",
+    NO_BALL,
+    *[f"<y{i}>" for i in range(BUCKETS)],
+    *[f"<x{i}>" for i in range(BUCKETS)],
+    *[f"<p{i}>" for i in range(BUCKETS)],
+    "<vup>",
+    "<vdown>",
+    "<vnone>",
+    "<hleft>",
+    "<hright>",
+    "<hnone>",
+]
+CAPTION_PROMPT = "Describe the ball and your paddle."
+
+
+def _bucket(value: int, size: int) -> int:
+    return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
+
+
+def caption_tokens(scene: PongScene) -> list[str]:
+    """Six tokens: ball above/below the paddle, ball row, ball column, paddle row, vertical and
+    horizontal direction. Above/below comes first: after the row tokens it would leak under
+    teacher forcing (FACTS). No action names: this teaches seeing, not playing."""
+    paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
+    if not scene.ball_visible:
+        return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
+    return [
+        "<above>" if scene.ball_above_paddle else "<below>",
+        f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
+        f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
+        paddle,
+        f"<v{scene.vertical or 'none'}>",
+        f"<h{scene.horizontal or 'none'}>",
+    ]
+
+
+# --- the probe's questions --------------------------------------------------------------------
+
+
+def _third(scene: PongScene) -> str | None:
+    if not scene.ball_visible:
+        return None
+    return ("top", "middle", "bottom")[min(max(scene.ball_row * 3 // PLAYFIELD_HEIGHT, 0), 2)]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about the observation, its answer options and its answer key (None: not asked)."""
+
+    name: str
+    text: str
+    options: tuple[str, ...]
+    answer: Callable[[PongScene], str | None] = field(compare=False)
+
+
+QUESTIONS: tuple[Question, ...] = (
+    Question(
+        "above_below",
+        "Is the ball above or below your paddle (green, on the right)?",
+        ("above", "below"),
+        lambda s: None if s.ball_above_paddle is None else ("above" if s.ball_above_paddle else "below"),
+    ),
+    Question("vertical", "Is the ball moving up or down?", ("up", "down"), lambda s: s.vertical),
+    Question("horizontal", "Is the ball moving left or right?", ("left", "right"), lambda s: s.horizontal),
+    Question("ball_third", "Is the ball in the top, middle or bottom third?", ("top", "middle", "bottom"), _third),
+    Question("ball_visible", "Is the ball in play?", ("yes", "no"), lambda s: "yes" if s.ball_visible else "no"),
+)
+QUESTIONS_BY_NAME: dict[str, Question] = {q.name: q for q in QUESTIONS}
+
+
+def observation_preamble(observation: ObservationConfig) -> str:
+    """What the image(s) are, said before the question."""
+    if observation.encoding == "motion":
+        return "Red: now, green: before. "
+    if observation.frames > 1:
+        return f"The last {observation.frames} frames, oldest first. "
+    return ""
+
+
+def question_messages(text: str, observation: ObservationConfig) -> list[dict]:
+    """A one-turn chat: the observation's image(s), then the question."""
+    content = [{"type": "image"} for _ in range(observation.images_per_observation)]
+    content.append({"type": "text", "text": observation_preamble(observation) + text})
+    return [{"role": "user", "content": content}]
+
+
+def option_text(option: str) -> str:
+    """An option as it follows 'Assistant:' in the chat template (which renders 'Assistant: text')."""
+    return " " + option
+
+
+def perception_texts() -> list[str]:
+    """The prompts and answers of the probe and the pre-training (for a tokenizer's corpus)."""
+    texts = [CAPTION_PROMPT]
+    for q in QUESTIONS:
+        texts.append(q.text)
+        texts += [option_text(o) for o in q.options]
+    for encoding, frames in (("motion", 2), ("rgb", 2), ("rgb", 1)):
+        texts.append(observation_preamble(ObservationConfig(frames=frames, encoding=encoding)))
+    return texts
+
+
+# --- frames of varied play --------------------------------------------------------------------
+
+
+@dataclass
+class PlayFrame:
+    """One kept step of play: the last raw frames (oldest first) and this and the previous RAM."""
+
+    frames: list[np.ndarray]
+    ram: np.ndarray
+    prev_ram: np.ndarray
+    episode_seed: int
+
+    def scene(self, game_id: str = GAME_ID) -> PongScene:
+        return scene_from_ram(self.ram, self.prev_ram, drawn=ball_drawn(self.frames[-1], game_id))
+
+
+def varied_play(
+    game_id: str = GAME_ID,
+    *,
+    seed: int,
+    history: int = 2,
+    num_envs: int = 8,
+    keep_prob: float = 0.5,
+    epsilons: Sequence[float] = (0.5, 1.0),
+) -> Iterator[PlayFrame]:
+    """Endless frames of varied play: each episode is the oracle with a random action at rate
+    epsilon (drawn per episode from ``epsilons``; 1.0 is random play), each step kept with
+    ``keep_prob``. Episode k is seeded ``seed + k``; everything is deterministic for a seed."""
+    _require_pong(game_id)
+    oracle = get_oracle(game_id)
+    rng = np.random.default_rng(seed)
+    batch = AtariBatch(game_id, num_envs)
+    actions = batch.action_names
+    next_episode = 0
+    slots = []
+    try:
+        for slot in range(num_envs):
+            frame, ram = batch.reset(slot, seed + next_episode)
+            slots.append({"frames": [frame] * history, "ram": ram, "prev_ram": ram,
+                          "epsilon": float(rng.choice(epsilons)), "seed": seed + next_episode})
+            next_episode += 1
+        while True:
+            chosen = {}
+            for slot, s in enumerate(slots):
+                if rng.random() < s["epsilon"]:
+                    chosen[slot] = actions[int(rng.integers(len(actions)))]
+                else:
+                    chosen[slot] = oracle.decide(s["ram"], s["prev_ram"]).action
+            for slot, result in batch.step(chosen).items():
+                s = slots[slot]
+                if result.terminated or result.truncated:
+                    frame, ram = batch.reset(slot, seed + next_episode)
+                    s.update(frames=[frame] * history, ram=ram, prev_ram=ram,
+                             epsilon=float(rng.choice(epsilons)), seed=seed + next_episode)
+                    next_episode += 1
+                    continue
+                s.update(frames=[*s["frames"][1:], result.frame], prev_ram=s["ram"], ram=result.ram)
+                if rng.random() < keep_prob:
+                    yield PlayFrame(list(s["frames"]), s["ram"], s["prev_ram"], s["seed"])
+    finally:
+        batch.close()
+
+
+# --- perception pre-training --------------------------------------------------------------------
+
+
+@dataclass
+class PerceptionData:
+    """Encoded observations (uint8, [N, images, H, W, 3]) and their answer keys."""
+
+    images: np.ndarray
+    scenes: list[PongScene]
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def collect_perception_data(
+    n: int,
+    observation: ObservationConfig,
+    *,
+    game_id: str = GAME_ID,
+    seed: int = PRETRAIN_SEED_BASE,
+    keep_prob: float = 0.5,
+    progress: bool = False,
+) -> PerceptionData:
+    """``n`` observations of varied play encoded exactly as the agent encodes them."""
+    from tqdm.auto import tqdm
+
+    frames_needed = max(observation.frames, 2)  # the previous frame's RAM gives the direction
+    images = None
+    scenes = []
+    play = varied_play(game_id, seed=seed, history=frames_needed, keep_prob=keep_prob)
+    for i, item in enumerate(tqdm(islice(play, n), total=n, desc="perception frames", disable=not progress)):
+        encoded = [np.asarray(im) for im in encode_observation(item.frames[-observation.frames:], observation, game_id)]
+        if images is None:
+            images = np.empty((n, len(encoded), *encoded[0].shape), dtype=np.uint8)
+        images[i] = np.stack(encoded)
+        scenes.append(item.scene(game_id))
+    play.close()
+    return PerceptionData(images if images is not None else np.empty((0,), np.uint8), scenes)
+
+
+@dataclass
+class PretrainConfig:
+    """The perception pre-training recipe (FACTS: 'Teaching the tiny model to see first works')."""
+
+    frames: int = 30_000  # observations of varied play
+    epochs: float = 3.0  # passes over them
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    caption_fraction: float = 0.5  # the rest of the samples ask one of the probe's questions
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.epochs <= 0 or self.batch_size < 1:
+            raise ValueError("pretrain frames, epochs and batch_size must be positive")
+        if not 0.0 <= self.caption_fraction <= 1.0:
+            raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(self.frames * self.epochs / self.batch_size))
+
+
+@dataclass
+class PretrainResult:
+    steps: int
+    samples: int
+    seconds: float
+    first_loss: float
+    final_loss: float  # mean of the last 50 steps
+    losses: list[float] = field(repr=False)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("losses")
+        return d
+
+
+class PixelPath:
+    """Pixel values as the processor makes them, without calling it per batch when it is the
+    identity up to /255 (checked on real frames): the processor costs as much as a forward."""
+
+    def __init__(self, processor, sample_images: np.ndarray) -> None:
+        self.processor = processor
+        self.fast = False
+        if len(sample_images):
+            fast = self._fast(sample_images)
+            slow = self._slow(sample_images)
+            self.fast = fast.shape == slow.shape and torch.equal(fast, slow)
+
+    @staticmethod
+    def _fast(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images).permute(0, 1, 4, 2, 3).float() / 255.0
+
+    def _slow(self, images: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        pil = [[Image.fromarray(im) for im in obs] for obs in images]
+        return self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        return self._fast(images) if self.fast else self._slow(images)
+
+
+def _task_prompts(processor, observation: ObservationConfig, sample: np.ndarray) -> dict[str, list[int]]:
+    """Token ids of each task's prompt, images expanded by the processor itself."""
+    from PIL import Image
+
+    images = [Image.fromarray(im) for im in sample]
+    prompts = {"caption": CAPTION_PROMPT, **{q.name: q.text for q in QUESTIONS}}
+    ids = {}
+    for task, text in prompts.items():
+        chat = processor.apply_chat_template(question_messages(text, observation), add_generation_prompt=True)
+        ids[task] = processor(text=[chat], images=[images], return_tensors="pt")["input_ids"][0].tolist()
+    return ids
+
+
+def _target_ids(tokenizer, scenes: list[PongScene]) -> dict[str, list[list[int] | None]]:
+    """Per task, each sample's answer token ids (None where the question has no answer)."""
+    eos = tokenizer.eos_token_id
+    caption = [tokenizer.convert_tokens_to_ids(caption_tokens(s)) + [eos] for s in scenes]
+    targets: dict[str, list[list[int] | None]] = {"caption": caption}
+    for q in QUESTIONS:
+        encoded = {o: tokenizer(option_text(o), add_special_tokens=False)["input_ids"] + [eos] for o in q.options}
+        targets[q.name] = [None if (a := q.answer(s)) is None else encoded[a] for s in scenes]
+    return targets
+
+
+def pretrain_perception(
+    model,
+    processor,
+    data: PerceptionData,
+    observation: ObservationConfig,
+    config: PretrainConfig | None = None,
+    *,
+    progress: bool = False,
+) -> PretrainResult:
+    """Teaches ``model`` to see: a dense caption (or one probe question) per frame, loss on
+    every answer token, AdamW with warm-up and cosine decay. Targets come from the RAM only."""
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    config = config or PretrainConfig()
+    if len(data) == 0:
+        raise ValueError("no perception data to pre-train on")
+    tokenizer = processor.tokenizer
+    missing = [t for t in CAPTION_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the caption tokens {missing[:3]}...: build it with them")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    prompts = _task_prompts(processor, observation, data.images[0])
+    targets = _target_ids(tokenizer, data.scenes)
+    pixels = PixelPath(processor, data.images[:8])
+    tasks = list(prompts)
+    question_share = (1.0 - config.caption_fraction) / max(len(tasks) - 1, 1)
+    task_p = [config.caption_fraction] + [question_share] * (len(tasks) - 1)
+    pad = tokenizer.pad_token_id
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    model.train()
+    order = np.empty(0, dtype=np.int64)
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="perception pre-training", disable=not progress)
+    for step in bar:
+        while len(order) < config.batch_size:  # epochs run into each other: a permutation at a time
+            order = np.concatenate([order, rng.permutation(len(data))])
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        seqs, prompt_lens = [], []
+        for i, task in zip(idx, rng.choice(len(tasks), size=len(idx), p=task_p), strict=True):
+            target = targets[tasks[task]][i]
+            prompt = prompts[tasks[task]]
+            if target is None:  # the question has no answer here (no ball): caption instead
+                target, prompt = targets["caption"][i], prompts["caption"]
+            seqs.append(prompt + target)
+            prompt_lens.append(len(prompt))
+        length = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+        labels = torch.full((len(seqs), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, (seq, n_prompt) in enumerate(zip(seqs, prompt_lens, strict=True)):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+            attention_mask[row, : len(seq)] = 1
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixels(data.images[idx]),
+            labels=labels,
+        )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    model.eval()
+    return PretrainResult(
+        steps=config.steps,
+        samples=config.steps * config.batch_size,
+        seconds=round(time.perf_counter() - start, 1),
+        first_loss=losses[0],
+        final_loss=float(np.mean(losses[-50:])),
+        losses=losses,
+    )

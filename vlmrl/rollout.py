@@ -1,0 +1,131 @@
+"""Plays seeded episodes with a policy across a batch of environments.
+
+Shared by collection (which stores every step) and evaluation (which keeps returns,
+agreement and one episode's frames for the video). Acting is batched: every active
+env's observation goes to the policy in one call per agent step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vlmrl.agent import Decision, Observation
+from vlmrl.env import AtariBatch
+from vlmrl.observation import FrameHistory
+
+
+@dataclass
+class StepRecord:
+    """One agent step: what the agent saw (frame, RAM), what it did and what followed."""
+
+    frame: np.ndarray | None
+    ram: np.ndarray
+    prev_ram: np.ndarray | None
+    decision: Decision
+    reward: float
+    terminated: bool
+    truncated: bool
+
+
+@dataclass
+class EpisodeRecord:
+    episode_id: int
+    seed: int
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def episode_return(self) -> float:
+        return float(sum(s.reward for s in self.steps))
+
+    @property
+    def invalid_steps(self) -> int:
+        return sum(not s.decision.valid for s in self.steps)
+
+
+@dataclass
+class _Slot:
+    episode: EpisodeRecord
+    history: FrameHistory
+    ram: np.ndarray
+    prev_ram: np.ndarray | None = None
+
+
+def play_episodes(
+    policy,
+    batch: AtariBatch,
+    jobs: list[tuple[int, int]],
+    *,
+    frames: int = 1,
+    max_steps: int | None = None,
+    keep_frames: bool | set[int] = True,
+    progress: bool = True,
+    desc: str = "episodes",
+) -> Iterator[EpisodeRecord]:
+    """Plays each ``(episode_id, seed)`` job; yields episodes as they finish (not in job order).
+
+    ``max_steps`` caps an episode in agent steps (its last step is marked truncated);
+    ``keep_frames`` is True, False, or the set of episode ids whose frames are kept.
+    """
+    queue = list(jobs)
+    slots: dict[int, _Slot] = {}
+    bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
+    returns: list[float] = []
+    steps_done, start = 0, time.perf_counter()
+
+    def keep(episode_id: int) -> bool:
+        return keep_frames if isinstance(keep_frames, bool) else episode_id in keep_frames
+
+    def fill() -> None:
+        for slot in range(batch.num_envs):
+            if slot not in slots and queue:
+                episode_id, seed = queue.pop(0)
+                frame, ram = batch.reset(slot, seed)
+                history = FrameHistory(frames)
+                history.reset(frame)
+                slots[slot] = _Slot(EpisodeRecord(episode_id, seed), history, ram)
+
+    try:
+        fill()
+        while slots:
+            order = sorted(slots)
+            observations = [
+                Observation(list(slots[s].history.frames), slots[s].ram, slots[s].prev_ram) for s in order
+            ]
+            decisions = policy.act(observations)
+            results = batch.step({s: d.action for s, d in zip(order, decisions, strict=True)})
+            steps_done += len(order)
+            for s, decision in zip(order, decisions, strict=True):
+                slot, result = slots[s], results[s]
+                episode = slot.episode
+                capped = max_steps is not None and len(episode.steps) + 1 >= max_steps
+                episode.steps.append(
+                    StepRecord(
+                        frame=slot.history.frames[-1] if keep(episode.episode_id) else None,
+                        ram=slot.ram,
+                        prev_ram=slot.prev_ram,
+                        decision=decision,
+                        reward=result.reward,
+                        terminated=result.terminated,
+                        truncated=result.truncated or (capped and not result.terminated),
+                    )
+                )
+                if result.terminated or result.truncated or capped:
+                    del slots[s]
+                    returns.append(episode.episode_return)
+                    bar.update(1)
+                    bar.set_postfix(
+                        steps_per_s=f"{steps_done / (time.perf_counter() - start):.0f}",
+                        mean_return=f"{np.mean(returns):+.1f}",
+                    )
+                    yield episode
+                else:
+                    slot.history.push(result.frame)
+                    slot.prev_ram, slot.ram = slot.ram, result.ram
+            fill()
+    finally:
+        bar.close()
