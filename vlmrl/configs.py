@@ -98,3 +98,43 @@ class CollectArguments(PolicyArguments, EnvArguments):
         if self.seed < 0 or self.seed + self.episodes > 1_000_000:
             raise ValueError("collection seeds must lie in [0, 1,000,000): evaluation uses the seeds above")
         self.validate_policy()
+
+
+@dataclass
+class ReflectArguments(ObservationArguments):
+    """reflect.py: pick poor steps of an episodes dataset and write corrections for them."""
+
+    episodes: str | None = field(default=None, metadata={"help": "episodes dataset: a local folder or a Hub id"})
+    game: str = field(default="ALE/Pong-v5", metadata={"help": "the game the episodes were played in"})
+    reflector: str = field(default="self", metadata={"help": "self, oracle, or model:<path or Hub id>"})
+    reflect_on: str = field(
+        default="poor", metadata={"help": "poor: steps with negative return-to-go; all: every step (DAgger-style)"}
+    )
+    reflection_rate: float = field(default=0.3, metadata={"help": "share of the candidate steps reflected on"})
+    gamma: float = field(default=0.99, metadata={"help": "discount for the return-to-go that marks poor steps"})
+    max_reflections: int | None = field(default=None, metadata={"help": "cap on reflections (default: none)"})
+    seed: int = field(default=0, metadata={"help": "seed of the step sampling"})
+    model: str | None = field(
+        default=None, metadata={"help": "the acting model for --reflector self (default: the episodes' model column)"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "steps per reflector call"})
+    retries: int = field(default=0, metadata={"help": "re-ask a VLM reflector this many times on a malformed answer"})
+    max_new_tokens: int = field(default=128, metadata={"help": "generation budget of a VLM reflector"})
+    output_dir: str = field(default="data/reflections", metadata={"help": "where the reflections dataset is written"})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset id to publish to (user/name)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if not self.episodes:
+            raise ValueError("--episodes is required: the episodes dataset (local folder or Hub id)")
+        if self.reflect_on not in ("poor", "all"):
+            raise ValueError(f"--reflect-on must be poor or all, got {self.reflect_on!r}")
+        if not 0.0 < self.reflection_rate <= 1.0:
+            raise ValueError(f"--reflection-rate must be in (0, 1], got {self.reflection_rate}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"--gamma must be in [0, 1], got {self.gamma}")
+        if self.max_reflections is not None and self.max_reflections < 0:
+            raise ValueError(f"--max-reflections must be >= 0, got {self.max_reflections}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.observation_config()

@@ -60,3 +60,15 @@ def load_vlm(model: str, device: torch.device | None = None, dtype: torch.dtype 
     except ValueError as err:
         raise ValueError(f"{model!r} is not an image-text-to-text model: {err}") from None
     return vlm.to(device).eval()
+
+
+def vision_image_size(model: str | None, default: int = 384) -> int:
+    """The image side the model's vision tower was built for (its config only; no weights loaded)."""
+    from transformers import AutoConfig
+
+    if not model or model in ("random", "oracle"):
+        return default
+    try:
+        return int(AutoConfig.from_pretrained(model).vision_config.image_size)
+    except (OSError, ValueError, AttributeError):
+        return default

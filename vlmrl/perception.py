@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from itertools import islice
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 
 import numpy as np
 import torch

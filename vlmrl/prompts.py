@@ -82,7 +82,7 @@ _ACTION_RE = re.compile(r'"action"\s*:\s*"([A-Za-z_]+)"')
 _REASONING_RE = re.compile(r'"reasoning"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _json_objects(text: str):
+def json_objects(text: str):
     """Yields each top-level JSON object that decodes, in order of appearance."""
     decoder = json.JSONDecoder()
     start = text.find("{")
@@ -102,7 +102,7 @@ def parse_answer(text: str, legal_actions: list[str], keys: tuple[str, str] = ("
     action_key, reasoning_key = keys
     text = (text or "")[:MAX_ANSWER_CHARS]
     legal = {a.upper(): a for a in legal_actions}
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         if action_key not in obj:
             continue
         value = obj[action_key]

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vlmrl.observation import ObservationConfig
+from vlmrl.perception import (
+    CAPTION_TOKENS,
+    GAME_ID,
+    PRETRAIN_SEED_BASE,
+    PretrainConfig,
+    collect_perception_data,
+    perception_texts,
+    pretrain_perception,
+)
+from vlmrl.probe import DEFAULT_PROBE_SEED
 from vlmrl.prompts import (
     ACTION_EFFECTS,
     REFLECTION_KEYS,
@@ -25,7 +39,6 @@ from vlmrl.prompts import (
 )
 
 DEFAULT_TINY_PATH = "data/models/tiny-smolvlm"
-GAME_ID = "ALE/Pong-v5"
 PONG_ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
 
 SPECIAL_TOKENS = [
@@ -198,26 +211,133 @@ def build_model(config: TinyModelConfig, tokenizer):
     return model
 
 
-def build_tiny_model(output_dir: str | Path, config: TinyModelConfig | None = None, card_text: str = "") -> Path:
-    """Builds and saves the random-init tiny model, tokenizer and processor; returns the path."""
+def observation_config(config: TinyModelConfig) -> ObservationConfig:
+    """What the tiny model sees: this frame and the previous one in one motion image (FACTS)."""
+    return ObservationConfig(frames=2, encoding="motion", crop=True, image_size=config.image_size)
+
+
+def build_tiny_model(
+    output_dir: str | Path,
+    config: TinyModelConfig | None = None,
+    card_text: str = "",
+    *,
+    pretrain: PretrainConfig | None = None,
+    probe_frames: int = 500,
+    progress: bool = False,
+) -> Path:
+    """Builds and saves the tiny model, tokenizer and processor; returns the path.
+
+    With ``pretrain`` the random-init model is first taught to see Pong (perception
+    pre-training, RAM targets, no action labels) and probed on held-out frames; without it
+    the model stays random (fast, for tests). The build goes to a sibling folder first and
+    is moved into place at the end: an interrupted build never looks finished.
+    """
     config = config or TinyModelConfig()
     output_dir = Path(output_dir)
-    tokenizer = build_tokenizer(config.vocab_size)
+    observation = observation_config(config)
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
     processor = build_processor(config, tokenizer)
     model = build_model(config, tokenizer)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    (output_dir / "tiny_config.json").write_text(json.dumps(asdict(config), indent=2))
-    write_model_card(output_dir, config, card_text)
+    report: dict = {}
+    if pretrain is not None:
+        report = _pretrain_and_probe(model, processor, observation, pretrain, probe_frames, progress)
+    report["build_seconds"] = round(time.perf_counter() - start, 1)
+    report["load_average"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    recipe = _recipe(config, observation, pretrain)
+    (staging / "tiny_config.json").write_text(json.dumps({**recipe, "report": report}, indent=2))
+    write_model_card(staging, config, card_text + _card_body(recipe, report))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    staging.rename(output_dir)
     return output_dir
+
+
+def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: PretrainConfig | None) -> dict:
+    """Everything that decides the weights: a build with the same recipe is the same model."""
+    return {
+        **asdict(config),
+        "observation": asdict(observation),
+        "pretrain": asdict(pretrain) if pretrain is not None else None,
+    }
+
+
+def built_recipe(output_dir: str | Path) -> dict | None:
+    """The recipe of the model built at ``output_dir``, or None when there is none."""
+    path = Path(output_dir)
+    if not (path / "config.json").is_file() or not (path / "tiny_config.json").is_file():
+        return None
+    recorded = json.loads((path / "tiny_config.json").read_text())
+    recorded.pop("report", None)
+    return recorded
+
+
+def _pretrain_and_probe(model, processor, observation, pretrain: PretrainConfig, probe_frames: int, progress: bool):
+    from vlmrl.probe import collect_probe_frames, probe_model
+
+    report: dict = {"probe": {}}
+    probe_samples = []
+    if probe_frames > 0:
+        probe_samples = collect_probe_frames(GAME_ID, probe_frames, DEFAULT_PROBE_SEED, history=observation.frames)
+        report["probe"]["random_init"] = probe_model(model, processor, probe_samples, observation)
+    t = time.perf_counter()
+    data = collect_perception_data(
+        pretrain.frames, observation, seed=PRETRAIN_SEED_BASE + 10_000 * pretrain.seed, progress=progress
+    )
+    report["data_seconds"] = round(time.perf_counter() - t, 1)
+    result = pretrain_perception(model, processor, data, observation, pretrain, progress=progress)
+    report["pretrain"] = result.summary()
+    if probe_samples:
+        report["probe"]["pretrained"] = probe_model(model, processor, probe_samples, observation)
+    return report
+
+
+def _card_body(recipe: dict, report: dict) -> str:
+    from vlmrl.probe import format_probe_table
+
+    pretrain = recipe["pretrain"]
+    if pretrain is None:
+        return "## Weights\n\nRandom initialisation (seed {seed}): it has seen nothing.\n".format(**recipe)
+    body = [
+        "## Perception pre-training\n",
+        f"Taught to see Pong, not to play it: {pretrain['frames']:,} observations of varied play "
+        "(the RAM oracle with a random action at rate 0.5, or random play), encoded as the agent encodes "
+        f"them ({recipe['observation']}), episode seeds from {PRETRAIN_SEED_BASE + 10_000 * pretrain['seed']:,}. "
+        "Targets come from the RAM only: a 6-token caption (ball above/below the paddle, ball row, column, "
+        "paddle row in 16 buckets or `<noball>`, vertical and horizontal direction) or one of the probe's "
+        f"questions ({1 - pretrain['caption_fraction']:.0%} of samples), loss on every answer token. "
+        "No action labels, no action names.\n",
+        "| setting | value |\n|---|---|",
+        *[f"| {k} | {v} |" for k, v in pretrain.items()],
+        "",
+        "| result | value |\n|---|---|",
+        *[f"| {k} | {v} |" for k, v in report.get("pretrain", {}).items()],
+        f"| frame generation (s) | {report.get('data_seconds')} |",
+        f"| whole build (s) | {report.get('build_seconds')} |",
+        f"| load average (start, end) | {report.get('load_average')} |",
+        "",
+    ]
+    if report.get("probe"):
+        body += [
+            f"## Vision probe (held-out seeds from {DEFAULT_PROBE_SEED}, accuracy beside chance)\n",
+            format_probe_table(report["probe"]),
+            "",
+        ]
+    return "\n".join(body)
 
 
 def write_model_card(output_dir: Path, config: TinyModelConfig, body: str = "") -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
     n_params = sum(p.numel() for p in _load_for_count(output_dir).parameters())
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-text-to-text", tags=["vlmrl", "atari", "pong"])
+    data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-text-to-text", tags=["vlmrl", "atari", "pong"]
+    )
     shapes = "\n".join(f"- {k}: {v}" for k, v in asdict(config).items())
     text = (
         f"---\n{data.to_yaml()}\n---\n\n# tiny-smolvlm\n\n"
@@ -234,17 +354,46 @@ def _load_for_count(path: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build the tiny SmolVLM-architecture model used by the tiny recipe.")
+    parser = argparse.ArgumentParser(
+        description="Build the tiny SmolVLM-architecture model of the tiny recipe: random init, then a short "
+        "perception pre-training on Pong frames (RAM targets, no action labels) so it can see but not play."
+    )
     parser.add_argument("--output-dir", default=DEFAULT_TINY_PATH, help="where to save it (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a model is already there")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the data and the training")
+    parser.add_argument("--force", action="store_true", help="rebuild even if this recipe is already built there")
+    parser.add_argument("--no-pretrain", action="store_true", help="keep the random initialisation (fast; for tests)")
+    defaults = PretrainConfig()
+    parser.add_argument(
+        "--pretrain-frames", type=int, default=defaults.frames,
+        help="observations of varied play to pre-train on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--pretrain-epochs", type=float, default=defaults.epochs,
+        help="passes over them; fractions allowed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--probe-frames", type=int, default=500,
+        help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    config = TinyModelConfig(seed=args.seed)
+    pretrain = None
+    if not args.no_pretrain:
+        try:
+            pretrain = PretrainConfig(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed)
+        except ValueError as err:
+            parser.error(str(err))
     out = Path(args.output_dir)
-    if (out / "config.json").exists() and not args.force:
-        print(f"tiny model already built at {out} (use --force to rebuild)")
+    wanted = _recipe(config, observation_config(config), pretrain)
+    existing = built_recipe(out)
+    if existing == wanted and not args.force:
+        print(f"tiny model already built at {out} with this recipe (use --force to rebuild)")
         return
-    build_tiny_model(out, TinyModelConfig(seed=args.seed))
-    print(f"tiny model saved to {out}")
+    if existing is not None and existing != wanted:
+        print(f"the tiny model at {out} was built with another recipe: rebuilding")
+    build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True)
+    report = json.loads((out / "tiny_config.json").read_text())["report"]
+    print(json.dumps({"output_dir": str(out), **report}))
 
 
 if __name__ == "__main__":

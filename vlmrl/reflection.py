@@ -1,0 +1,293 @@
+"""The reflection phase: choose poor steps, ask a reflector, write TRL prompt/completion data.
+
+Pong's reward is sparse (+-1 when a point ends), so credit goes through the discounted
+return-to-go: a step is poor when it leads toward a lost point (negative return-to-go).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, Features, Image, Value
+from tqdm.auto import tqdm
+
+from vlmrl.configs import ReflectArguments
+from vlmrl.data import (
+    check_manifest,
+    discounted_returns,
+    ensure_writable,
+    existing_shards,
+    load_any,
+    load_table,
+    require_columns,
+    write_dataset_card,
+    write_json,
+    write_shard,
+)
+from vlmrl.env import make_env
+from vlmrl.models import vision_image_size
+from vlmrl.observation import ObservationConfig, encode_observation
+from vlmrl.prompts import acting_messages, completion_messages
+from vlmrl.reflectors import ReflectionItem, build_reflector
+
+REQUIRED_EPISODE_COLUMNS = ["episode_id", "step", "frame", "action", "reasoning", "reward", "ram", "model"]
+CHUNK = 256  # reflections per shard: the unit of resumption
+MANIFEST = "reflection.json"
+PROGRESS = "progress.json"
+SUMMARY = "summary.json"
+
+_MESSAGE = [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}]
+
+
+def reflection_features(images_per_observation: int) -> Features:
+    image = {"image": Image()} if images_per_observation == 1 else {"images": [Image()]}
+    return Features(
+        {
+            "prompt": _MESSAGE,
+            "completion": _MESSAGE,
+            **image,
+            "analysis": Value("string"),
+            "action_taken": Value("string"),
+            "correct_action": Value("string"),
+            "correct_reasoning": Value("string"),
+            "oracle_action": Value("string"),
+            "reflector": Value("string"),
+            "source_episode_id": Value("int32"),
+            "source_step": Value("int32"),
+            "return_to_go": Value("float32"),
+            "iteration": Value("int32"),
+        }
+    )
+
+
+def select_steps(
+    episode_ids: np.ndarray,
+    steps: np.ndarray,
+    rewards: np.ndarray,
+    *,
+    gamma: float,
+    reflect_on: str = "poor",
+    rate: float = 0.3,
+    max_reflections: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Row indices to reflect on (sorted), every row's return-to-go, and the number of poor steps."""
+    episode_ids, steps, rewards = np.asarray(episode_ids), np.asarray(steps), np.asarray(rewards, dtype=np.float64)
+    returns = np.zeros(len(rewards))
+    for episode in np.unique(episode_ids):
+        rows = np.flatnonzero(episode_ids == episode)
+        rows = rows[np.argsort(steps[rows])]
+        returns[rows] = discounted_returns(rewards[rows], gamma)
+    poor = np.flatnonzero(returns < 0)
+    candidates = poor if reflect_on == "poor" else np.arange(len(rewards))
+    rng = np.random.default_rng(seed)
+    n = int(round(len(candidates) * rate))
+    if max_reflections is not None:
+        n = min(n, max_reflections)
+    chosen = np.sort(rng.choice(candidates, size=n, replace=False)) if n else np.array([], dtype=np.int64)
+    return chosen, returns, len(poor)
+
+
+def reflection_accuracy(game_id: str, corrected: list[str], oracle: list[str | None]) -> float | None:
+    """Share of corrected actions in the oracle's class (up/down/stay); None without an oracle."""
+    from vlmrl.oracle import same_class
+
+    pairs = [(c, o) for c, o in zip(corrected, oracle, strict=True) if o]
+    if not pairs:
+        return None
+    return sum(same_class(game_id, c, o) for c, o in pairs) / len(pairs)
+
+
+class _EpisodeIndex:
+    """Finds a step's neighbours (previous frames, next frame, previous RAM) in the episodes table."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        ids, steps = dataset["episode_id"], dataset["step"]
+        self.row_of = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ids, steps, strict=True))}
+
+    def row(self, episode: int, step: int) -> int | None:
+        return self.row_of.get((episode, step))
+
+    def frames(self, episode: int, step: int, k: int) -> list[np.ndarray]:
+        # An episode's first frame stands in for frames before it, as in play (FrameHistory).
+        rows = [self.row(episode, max(step - j, 0)) for j in range(k - 1, -1, -1)]
+        return [np.asarray(self.dataset[r]["frame"].convert("RGB")) for r in rows]
+
+
+def _game_actions(game_id: str) -> list[str]:
+    env = make_env(game_id)
+    try:
+        return list(env.unwrapped.get_action_meanings())
+    finally:
+        env.close()
+
+
+def _observation_row(images: list, observation: ObservationConfig) -> dict:
+    return {"image": images[0]} if observation.images_per_observation == 1 else {"images": images}
+
+
+def reflect(args: ReflectArguments) -> dict:
+    """Runs the reflection phase into ``args.output_dir``; resumes a partial run. Returns the summary."""
+    from vlmrl.oracle import get_oracle, has_oracle
+
+    output_dir = ensure_writable(args.output_dir)
+    dataset = load_any(args.episodes)
+    require_columns(dataset, REQUIRED_EPISODE_COLUMNS, "episodes")
+    if len(dataset) == 0:
+        raise ValueError(f"the episodes dataset {args.episodes!r} is empty")
+    acting_model = args.model or dataset[0]["model"]
+    iteration = int(dataset[0]["iteration"]) if "iteration" in dataset.column_names else 0
+    settings = {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "progress", "batch_size")}
+    check_manifest(output_dir, MANIFEST, settings, "reflection run")
+
+    actions = _game_actions(args.game)
+    table = dataset.select_columns(["episode_id", "step", "reward"])
+    chosen, returns, n_poor = select_steps(
+        np.asarray(table["episode_id"]), np.asarray(table["step"]), np.asarray(table["reward"]),
+        gamma=args.gamma, reflect_on=args.reflect_on, rate=args.reflection_rate,
+        max_reflections=args.max_reflections, seed=args.seed,
+    )
+    observation = args.observation_config(vision_image_size(acting_model))
+    features = reflection_features(observation.images_per_observation)
+    oracle = get_oracle(args.game) if has_oracle(args.game) else None
+    index = _EpisodeIndex(dataset)
+    progress_path = output_dir / PROGRESS
+    invalid_by_chunk = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+    done = set(existing_shards(output_dir))
+    chunks = [chosen[i : i + CHUNK] for i in range(0, len(chosen), CHUNK)]
+    todo = [(c, rows) for c, rows in enumerate(chunks) if f"reflections-{c:05d}" not in done]
+
+    reflector = None
+    start = time.perf_counter()
+    bar = tqdm(total=len(chosen), initial=len(chosen) - sum(len(r) for _, r in todo), desc="reflect",
+               unit="step", disable=not args.progress, dynamic_ncols=True)
+    try:
+        for c, rows in todo:
+            if reflector is None:  # loading a VLM reflector is skipped when nothing is left to do
+                reflector = build_reflector(
+                    args.reflector, game_id=args.game, actions=actions, observation=observation,
+                    acting_model=acting_model, max_new_tokens=args.max_new_tokens, retries=args.retries,
+                )
+            out_rows, invalid = [], 0
+            for b in range(0, len(rows), args.batch_size):
+                batch_rows = [int(r) for r in rows[b : b + args.batch_size]]
+                items, records = [], []
+                for r in batch_rows:
+                    record = dataset[r]
+                    episode, step = int(record["episode_id"]), int(record["step"])
+                    prev = index.row(episode, step - 1)
+                    nxt = index.row(episode, step + 1)
+                    frames = index.frames(episode, step, observation.frames)
+                    next_frames = index.frames(episode, step + 1, observation.frames) if nxt is not None else frames
+                    items.append(
+                        ReflectionItem(
+                            frames=frames, next_frames=next_frames, ram=np.asarray(record["ram"], np.uint8),
+                            prev_ram=None if prev is None else np.asarray(dataset[prev]["ram"], np.uint8),
+                            action_taken=record["action"], reasoning=record["reasoning"] or "",
+                            reward=float(record["reward"]), return_to_go=float(returns[r]),
+                        )
+                    )
+                    records.append(record)
+                reflections = reflector.reflect(items)
+                oracle_actions = (
+                    [d.action for d in oracle.decide_batch([i.ram for i in items], [i.prev_ram for i in items])]
+                    if oracle else [None] * len(items)
+                )
+                for item, record, reflection, oracle_action, r in zip(
+                    items, records, reflections, oracle_actions, batch_rows, strict=True
+                ):
+                    if reflection is None:
+                        invalid += 1
+                        continue
+                    images = encode_observation(item.frames, observation, args.game)
+                    out_rows.append(
+                        {
+                            "prompt": acting_messages(args.game, actions, len(images), observation.encoding),
+                            "completion": completion_messages(reflection.correct_action, reflection.correct_reasoning),
+                            **_observation_row(images, observation),
+                            "analysis": reflection.analysis,
+                            "action_taken": item.action_taken,
+                            "correct_action": reflection.correct_action,
+                            "correct_reasoning": reflection.correct_reasoning,
+                            "oracle_action": oracle_action,
+                            "reflector": reflector.name,
+                            "source_episode_id": int(record["episode_id"]),
+                            "source_step": int(record["step"]),
+                            "return_to_go": float(returns[r]),
+                            "iteration": iteration,
+                        }
+                    )
+                bar.update(len(batch_rows))
+            # Progress first, then the shard: a crash between them re-does the chunk, never loses counts.
+            invalid_by_chunk[str(c)] = invalid
+            write_json(progress_path, invalid_by_chunk)
+            write_shard(output_dir, f"reflections-{c:05d}", out_rows, features)
+    finally:
+        bar.close()
+
+    summary = summarize(output_dir, args.game)
+    summary.update(
+        {
+            "total_steps": len(dataset),
+            "poor_steps": n_poor,
+            "selected": int(len(chosen)),
+            "invalid": int(sum(invalid_by_chunk.values())),
+            "reflector": args.reflector,
+            "reflect_on": args.reflect_on,
+            "reflection_rate": args.reflection_rate,
+            "gamma": args.gamma,
+            "wall_s": time.perf_counter() - start,
+        }
+    )
+    write_json(output_dir / SUMMARY, summary)
+    write_dataset_card(output_dir, title=f"vlmrl reflections: {args.game}, {args.reflector} reflector",
+                       body=reflections_card_body(args, summary), tags=["reflections"])
+    return summary
+
+
+def summarize(output_dir: str | Path, game_id: str) -> dict:
+    """Counts and accuracy read back from the written reflections."""
+    from vlmrl.oracle import has_oracle, same_class
+
+    if not existing_shards(output_dir):
+        return {"reflected": 0, "changed_action_rate": None, "accuracy": None}
+    table = load_table(output_dir).select_columns(["action_taken", "correct_action", "oracle_action"])
+    taken, corrected, oracle = table["action_taken"], table["correct_action"], table["oracle_action"]
+    changed = None
+    if corrected and has_oracle(game_id):
+        changed = sum(not same_class(game_id, a, b) for a, b in zip(taken, corrected, strict=True)) / len(corrected)
+    elif corrected:
+        changed = sum(a != b for a, b in zip(taken, corrected, strict=True)) / len(corrected)
+    accuracy = reflection_accuracy(game_id, corrected, oracle) if has_oracle(game_id) else None
+    return {"reflected": len(corrected), "changed_action_rate": changed, "accuracy": accuracy}
+
+
+def reflections_card_body(args: ReflectArguments, summary: dict) -> str:
+    acc = summary["accuracy"]
+    return (
+        f"Corrections written by the `{args.reflector}` reflector for steps of the episodes in `{args.episodes}`, "
+        "in TRL's prompt/completion format with the observation as `image`: ready for `train.py`.\n\n"
+        f"- steps in the episodes: {summary['total_steps']}, poor (return-to-go < 0, gamma {args.gamma}): "
+        f"{summary['poor_steps']}\n"
+        f"- reflected on: {args.reflect_on} steps at rate {args.reflection_rate}: {summary['selected']} selected, "
+        f"{summary['reflected']} written, {summary['invalid']} unusable answers dropped\n"
+        f"- correction changed the action: {summary['changed_action_rate']}\n"
+        f"- reflection accuracy (agreement with the RAM oracle, up/down/stay): "
+        f"{acc if acc is None else round(acc, 3)}\n"
+    )
+
+
+def format_summary(summary: dict) -> str:
+    acc = summary["accuracy"]
+    changed = summary["changed_action_rate"]
+    return (
+        f"poor steps {summary['poor_steps']}/{summary['total_steps']} | reflected {summary['reflected']}"
+        f"/{summary['selected']} | invalid {summary['invalid']}"
+        f" | changed action {'-' if changed is None else f'{changed:.1%}'}"
+        f" | accuracy vs oracle {'-' if acc is None else f'{acc:.1%}'}"
+    )
