@@ -6,11 +6,16 @@ import sys
 from collections.abc import Callable
 
 
-def parse(dataclass_types: tuple, argv: list[str] | None = None):
-    """TrlParser: ``--config recipe.yaml`` then CLI overrides (both --max-steps and --max_steps)."""
+def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict | None = None):
+    """TrlParser: ``--config recipe.yaml`` then CLI overrides (both --max-steps and --max_steps).
+
+    ``defaults`` replace the dataclasses' defaults; a recipe or a flag still overrides them.
+    """
     from trl import TrlParser
 
     parser = TrlParser(dataclass_types)
+    if defaults:
+        parser.set_defaults(**defaults)
     if argv is not None:
         old, sys.argv = sys.argv, [sys.argv[0], *argv]
         try:

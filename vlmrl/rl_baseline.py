@@ -58,7 +58,8 @@ class BaselineConfig:
     budgets: str = field(
         default="10000,25000,50000,100000",
         metadata={
-            "help": "Comma-separated agent-step budgets to checkpoint and evaluate; --steps is always one."
+            "help": "Comma-separated agent-step budgets to checkpoint and evaluate; --steps is always one, "
+            "budgets above it are dropped."
         },
     )
     eval_episodes: int = field(
@@ -66,9 +67,7 @@ class BaselineConfig:
     )
     eval_max_steps: int | None = field(
         default=None,
-        metadata={
-            "help": "Cap on agent steps per evaluation episode (for smoke tests; None = full episodes)."
-        },
+        metadata={"help": "Cap on agent steps per evaluation episode (for smoke tests; None = full episodes)."},
     )
     output_dir: str = field(
         default="data/baselines",
@@ -350,9 +349,7 @@ def main(config: BaselineConfig) -> dict[int, dict[int, dict[str, Any]]]:
     for seed in config.seed_list:
         existing = None if config.overwrite else _existing_results(config, seed)
         if existing is not None:
-            print(
-                f"seed {seed}: results exist under {seed_dir(config, seed)}, reused (--overwrite to retrain)"
-            )
+            print(f"seed {seed}: results exist under {seed_dir(config, seed)}, reused (--overwrite to retrain)")
         all_results[seed] = existing if existing is not None else run_seed(config, seed)
     for budget in config.budget_list:
         means = [all_results[s][budget]["mean_return"] for s in config.seed_list]

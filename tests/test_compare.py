@@ -1,0 +1,170 @@
+"""The comparison report on small synthetic result sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmrl.compare import NOT_REACHED, compare, load_experiment, main, steps_to_threshold
+from vlmrl.results import bootstrap_ci, build_results, eval_seeds, human_normalized, write_results
+
+GAME = "ALE/Pong-v5"
+
+
+def _results(returns: list[float], policy: str = "greedy") -> dict:
+    return build_results(
+        model="m",
+        game=GAME,
+        policy=policy,
+        seeds=eval_seeds(len(returns)),
+        returns=returns,
+        oracle_agreement=0.5,
+        invalid_rate=0.0,
+        env_steps=1000 * len(returns),
+        steps_per_s=100.0,
+        video=None,
+    )
+
+
+def _experiment(root: Path, name: str, points: list[tuple[int, list[float]]]) -> Path:
+    """An experiment folder whose iteration k has collected points[k][0] agent steps."""
+    iterations = []
+    for k, (steps, returns) in enumerate(points):
+        entry = {"iteration": k, "eval": _results(returns)}
+        if k:
+            entry.update(trial={}, reflection={}, train={}, env_steps_total=steps)
+        iterations.append(entry)
+    folder = root / "experiments" / name
+    folder.mkdir(parents=True)
+    summary = {"experiment": name, "recipe": "recipes/tiny/pong", "iterations": iterations[::-1]}
+    (folder / "experiment_summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def _baselines(root: Path, per_seed: dict[int, dict[int, list[float]]]) -> Path:
+    base = root / "baselines"
+    for seed, budgets in per_seed.items():
+        for budget, returns in budgets.items():
+            write_results(
+                base / "ppo" / "pong-v5" / f"seed_{seed}" / f"budget_{budget}" / "results.json", _results(returns)
+            )
+    return base
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    # vlmrl, two seeds: base model, then two iterations collecting ~5k agent steps each.
+    exp_a = _experiment(tmp_path, "a", [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0]), (10000, [-9.0, -11.0])])
+    exp_b = _experiment(tmp_path, "b", [(0, [-20.0, -20.0]), (5200, [-12.0, -12.0]), (10400, [-6.0, -8.0])])
+    # PPO, two seeds at three budgets: reaches -15 on average only at 20000, never -10.
+    base = _baselines(
+        tmp_path,
+        {
+            0: {5000: [-21.0], 10000: [-20.0], 20000: [-16.0]},
+            1: {5000: [-20.0], 10000: [-18.0], 20000: [-12.0]},
+        },
+    )
+    random_path = write_results(tmp_path / "random" / "results.json", _results([-20.0, -21.0], policy="random"))
+    oracle_path = write_results(tmp_path / "oracle" / "results.json", _results([14.0, 15.0], policy="oracle"))
+    return tmp_path, [exp_a, exp_b], base, random_path, oracle_path
+
+
+def test_report_intervals_thresholds_and_files(synthetic):
+    root, experiments, base, random_path, oracle_path = synthetic
+    out = root / "report"
+    report = compare(experiments, base, out, random_results=[random_path], oracle_results=[oracle_path])
+
+    assert report["game"] == GAME and report["budgets"] == [5000, 10000, 20000]
+    assert set(report["methods"]) == {"vlmrl (tiny/pong)", "ppo"}
+    ppo, ours = report["methods"]["ppo"], report["methods"]["vlmrl (tiny/pong)"]
+
+    # PPO at 10000: seed means -20 and -18 -> mean -19, bootstrap interval over the two seeds.
+    row = {r["budget"]: r["methods"] for r in report["table"]}
+    at_10k = row[10000]["ppo"]
+    assert at_10k["mean_return"] == pytest.approx(-19.0)
+    assert at_10k["interval"] == pytest.approx([-20.0, -18.0])
+    assert at_10k["interval"] == pytest.approx(list(bootstrap_ci([-20.0, -18.0])))
+    assert at_10k["interval_over"] == "seeds" and at_10k["n_seeds"] == 2
+    assert at_10k["human_normalized"] == pytest.approx(human_normalized(GAME, -19.0))
+
+    # Ours at 10000: seed a's iteration 2 (10000 steps, -10) but seed b's iteration 1
+    # (10400 > 10000 steps, so its last checkpoint within budget is 5200 steps, -12).
+    assert row[10000]["vlmrl (tiny/pong)"]["mean_return"] == pytest.approx(-11.0)
+    # At 5000 seed b has only its base model (-20); seed a its first iteration (-15).
+    assert row[5000]["vlmrl (tiny/pong)"]["mean_return"] == pytest.approx(-17.5)
+
+    # Curves: our iterations sit at the seeds' mean agent steps.
+    assert [p["agent_steps"] for p in ours["curve"]] == [0, 5100, 10200]
+    assert [p["mean_return"] for p in ours["curve"]] == pytest.approx([-20.5, -13.5, -8.5])
+    assert ours["steps_to_threshold"] == {"-15": 5100, "-10": 10200, "0": NOT_REACHED}
+    assert ppo["steps_to_threshold"] == {"-15": 20000, "-10": NOT_REACHED, "0": NOT_REACHED}
+
+    assert report["references"]["random"]["mean_return"] == pytest.approx(-20.5)
+    assert report["references"]["oracle"]["mean_return"] == pytest.approx(14.5)
+
+    assert (out / "comparison.png").stat().st_size > 0
+    assert json.loads((out / "comparison.json").read_text()) == report
+    markdown = (out / "comparison.md").read_text()
+    assert "| 10,000 |" in markdown and "not reached" in markdown
+    assert "-19.00 [-20.00, -18.00]" in markdown
+
+
+def test_single_seed_interval_is_over_episodes(tmp_path):
+    base = _baselines(tmp_path, {0: {1000: [-21.0, -19.0, -20.0]}})
+    report = compare([], base, tmp_path / "out")
+    entry = report["table"][0]["methods"]["ppo"]
+    assert entry["interval_over"] == "episodes"
+    assert entry["interval"] == pytest.approx(list(bootstrap_ci([-21.0, -19.0, -20.0])))
+    assert "evaluation episodes" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_steps_to_threshold_uses_the_first_crossing():
+    curve = [{"agent_steps": s, "mean_return": r} for s, r in [(0, -21), (10, -14), (20, -16), (30, 1)]]
+    assert steps_to_threshold(curve, -15) == 10
+    assert steps_to_threshold(curve, 0) == 30
+    assert steps_to_threshold(curve, 5) == NOT_REACHED
+
+
+def test_malformed_inputs_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no experiment summary"):
+        load_experiment(tmp_path / "nowhere")
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "experiment_summary.json").write_text(json.dumps({"experiment": "bad", "iterations": []}))
+    with pytest.raises(ValueError, match=r"missing keys \['recipe'\]"):
+        load_experiment(folder)
+    iterations = [{"iteration": 0, "eval": _results([-21.0])}, {"iteration": 1, "eval": _results([-20.0])}]
+    (folder / "experiment_summary.json").write_text(
+        json.dumps({"experiment": "bad", "recipe": "r", "iterations": iterations})
+    )
+    with pytest.raises(ValueError, match="env_steps_total"):
+        load_experiment(folder)
+    with pytest.raises(FileNotFoundError, match="no baselines folder"):
+        compare([], tmp_path / "no-baselines", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="nothing to compare"):
+        compare([], tmp_path / "empty", tmp_path / "out", game=GAME)
+
+
+def test_command_line(synthetic, capsys):
+    root, experiments, base, random_path, _ = synthetic
+    main(
+        [
+            "--experiment",
+            *map(str, experiments),
+            "--baselines",
+            str(base),
+            "--output-dir",
+            str(root / "cli"),
+            "--random",
+            str(random_path),
+            "--budgets",
+            "10000",
+        ]
+    )
+    assert "| 10,000 |" in capsys.readouterr().out
+    assert json.loads((root / "cli" / "comparison.json").read_text())["budgets"] == [10000]
+    with pytest.raises(SystemExit, match="compare: no experiment summary"):
+        main(["--experiment", str(root / "missing"), "--output-dir", str(root / "cli")])
