@@ -138,3 +138,37 @@ class ReflectArguments(ObservationArguments):
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         self.observation_config()
+
+
+@dataclass
+class EvaluateArguments(PolicyArguments, EnvArguments):
+    """evaluate.py: play held-out seeds under the v5 protocol and write results.json."""
+
+    episodes: int = field(default=10, metadata={"help": "evaluation episodes (seeds 1,000,000 + i: never collected)"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "cap on agent steps per episode (default: the game's own, 27,000 for v5)"}
+    )
+    num_envs: int = field(default=8, metadata={"help": "environments stepped as one batch"})
+    seed: int = field(default=0, metadata={"help": "seed of the policy's sampling (the env seeds are fixed)"})
+    output_dir: str = field(default="data/eval", metadata={"help": "where results.json and the video go"})
+    video: bool = field(default=True, metadata={"help": "save an animated GIF of the first episode"})
+    video_max_frames: int = field(default=600, metadata={"help": "frames kept in the GIF (every k-th frame)"})
+    probe: str | None = field(
+        default=None, metadata={"help": "vision: also run the vision probe (can the model see the ball?)"}
+    )
+    probe_frames: int = field(default=500, metadata={"help": "frames the vision probe asks about"})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub model repo whose card receives the results (the evaluated model's)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.num_envs < 1:
+            raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
+        if self.probe not in (None, "vision"):
+            raise ValueError(f"--probe must be vision (or unset), got {self.probe!r}")
+        self.validate_policy()

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 T = TypeVar("T")
+CardT = TypeVar("CardT", DatasetCard, ModelCard)
 
 # user/name, then an optional :config and @revision (a revision may hold slashes: refs/pr/1).
 _REFERENCE = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<revision>[\w./-]+))?$")
@@ -173,6 +174,11 @@ def _pushing(what: str, local_path: str | Path, retry: str, token: str | None, p
 # ---------------------------------------------------------------------------------------------- cards
 
 
+def _empty_card(card_class: type[CardT]) -> CardT:
+    """A card with an empty YAML header, to be filled through its ``data``."""
+    return card_class("---\n{}\n---\n")
+
+
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
@@ -224,13 +230,16 @@ def merge_dataset_card(local: DatasetCard | None, remote: DatasetCard | None, *,
         text = (f"\n# {title or repo_id}\n\n"
                 f"Each vlmrl iteration is one config: `load_dataset(\"{repo_id}\", \"{config_name}\", "
                 f"split=\"train\")`, or pass `{repo_id}:{config_name}` to any vlmrl phase.\n")
-    card = DatasetCard("---\n---\n")
+    card = _empty_card(DatasetCard)
     card.data = DatasetCardData(**merged)
     card.text = upsert_section(text, config_name, f"## {config_name}\n\n{body}")
     return card
 
 
-_MODEL_CARD_TEMPLATE = """
+_MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
 # {{ model_name }}
 
 A vision-language model fine-tuned with vlmrl to play **{{ game }}**: iteration {{ iteration }} of a loop of
@@ -290,7 +299,7 @@ def eval_results_from(results: Mapping[str, Any], *, game: str | None = None) ->
     return [
         EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning", dataset_type=env,
                    dataset_name=env, dataset_args=args, metric_type=metric_type, metric_name=metric_name,
-                   metric_value=float(results[key]), source_name="vlmrl evaluate.py")
+                   metric_value=float(results[key]))
         for key, metric_type, metric_name in _EVAL_METRICS
         if isinstance(results.get(key), (int, float)) and not isinstance(results.get(key), bool)
     ]
@@ -309,20 +318,20 @@ def _evaluation_section(results: Mapping[str, Any] | None) -> str:
         return ""
     # Per-episode lists (returns, seeds) stay in results.json; the card shows the summary.
     rows = [(k, _format_value(v)) for k, v in results.items()
-            if k not in {"returns", "seeds"} and v is not None and not isinstance(v, (dict, list)) or k == "ci95"]
+            if v is not None and (k == "ci95" or not isinstance(v, (dict, list, tuple)))]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"## Evaluation\n\n| metric | value |\n|---|---|\n{table}\n"
 
 
-def _same_metric(a: EvalResult, b: EvalResult) -> bool:
-    return (a.task_type, a.dataset_type, a.dataset_config, a.metric_type) == (
-        b.task_type, b.dataset_type, b.dataset_config, b.metric_type)
+def _same_evaluation(a: EvalResult, b: EvalResult) -> bool:
+    # A new evaluation of the same game replaces the old one whole: no metric of a stale run may linger.
+    return (a.task_type, a.dataset_type, a.dataset_config) == (b.task_type, b.dataset_type, b.dataset_config)
 
 
 def merge_eval_results(card: ModelCard, results: Mapping[str, Any], *, model_name: str | None = None) -> ModelCard:
-    """Puts ``results`` in the card's model-index (replacing the same metrics) and its Evaluation section."""
+    """Puts ``results`` in the card's model-index (replacing the game's earlier ones) and Evaluation section."""
     new = eval_results_from(results)
-    kept = [e for e in (card.data.eval_results or []) if not any(_same_metric(e, n) for n in new)]
+    kept = [e for e in (card.data.eval_results or []) if not any(_same_evaluation(e, n) for n in new)]
     card.data.model_name = card.data.model_name or model_name or Path(str(results.get("model", "model"))).name
     card.data.eval_results = kept + new or None
     card.text = upsert_section(card.text, "evaluation", _evaluation_section(results))
@@ -360,13 +369,14 @@ def model_card(
     """
     hub_base = hub_id(base_model)
     hub_datasets = list(dict.fromkeys(r for r in map(hub_id, datasets) if r))
-    name = model_name or (repo_id.split("/")[-1] if repo_id else f"vlmrl-{game.split('/')[-1].lower()}-iteration-{iteration}")
+    game_tag = re.sub(r"-v\d+$", "", game.split("/")[-1]).lower()  # ALE/Pong-v5 -> pong
+    name = model_name or (repo_id.split("/")[-1] if repo_id else f"vlmrl-{game_tag}-iteration-{iteration}")
     data = ModelCardData(
         base_model=hub_base,
         datasets=hub_datasets or None,
         library_name="transformers",
         pipeline_tag="image-text-to-text",
-        tags=["vlmrl", "atari", "reinforcement-learning", game.split("/")[-1].lower()],
+        tags=["vlmrl", "atari", "reinforcement-learning", game_tag],
         model_name=name,
         eval_results=eval_results_from(eval_results, game=game) if eval_results else None,
     )
@@ -412,7 +422,7 @@ def add_eval_results_to_card(card_path: str | Path, results: Mapping[str, Any] |
     path = Path(card_path)
     if path.is_dir():
         path = path / "README.md"
-    card = ModelCard.load(path) if path.exists() else ModelCard("---\n---\n")
+    card = ModelCard.load(path) if path.exists() else _empty_card(ModelCard)
     merge_eval_results(card, _read_results(results))
     card.save(path)
     return card
@@ -428,6 +438,13 @@ def _read_results(results: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- pushes
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if ":" in repo_id or "@" in repo_id:
+        raise ValueError(f"push to a repo id alone (user/name), not {repo_id!r}: the config or branch is "
+                         "given separately (one per iteration)")
+    validate_repo_id(repo_id)
 
 
 def _download_card(api: HfApi, repo_id: str, repo_type: str, files: list[str], revision: str | None,
@@ -451,7 +468,7 @@ def push_dataset_dir(local_dir: str | Path, repo_id: str, *, config_name: str, t
     shards = sorted(shard_dir(local_dir).glob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"no dataset shards under {shard_dir(local_dir)}: nothing to push")
-    validate_repo_id(repo_id)
+    _check_repo_id(repo_id)
     if not _CONFIG_NAME.match(config_name):
         raise ValueError(f"config name {config_name!r} may hold only letters, digits, '-', '_' and '.'")
     local_card = DatasetCard.load(local_dir / "README.md") if (local_dir / "README.md").exists() else None
@@ -487,7 +504,7 @@ def push_checkpoint(local_dir: str | Path, repo_id: str, *, revision: str, token
     local_dir = Path(local_dir)
     if not local_dir.is_dir() or not any(local_dir.iterdir()):
         raise FileNotFoundError(f"checkpoint folder {str(local_dir)!r} does not exist or is empty: nothing to push")
-    validate_repo_id(repo_id)
+    _check_repo_id(repo_id)
     retry = retry_command("push-checkpoint", str(local_dir), repo_id, "--revision", revision,
                           *(["--private"] if private else []))
 
@@ -512,7 +529,7 @@ def push_eval_results(repo_id: str, results: Mapping[str, Any] | str | Path, *, 
 
     Pass the results.json path rather than the dict: the retry command then names it.
     """
-    validate_repo_id(repo_id)
+    _check_repo_id(repo_id)
     data = _read_results(results)
     source = str(results) if not isinstance(results, Mapping) else "RESULTS_JSON"
     retry = retry_command("push-eval", source, repo_id, *(["--revision", revision] if revision else []))
@@ -523,7 +540,7 @@ def push_eval_results(repo_id: str, results: Mapping[str, Any] | str | Path, *, 
         if revision and revision != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
         files = api.list_repo_files(repo_id, repo_type="model", revision=revision)
-        card = _download_card(api, repo_id, "model", files, revision, ModelCard) or ModelCard("---\n---\n")
+        card = _download_card(api, repo_id, "model", files, revision, ModelCard) or _empty_card(ModelCard)
         merge_eval_results(card, data, model_name=repo_id.split("/")[-1])
         operations = [
             CommitOperationAdd("README.md", str(card).encode()),

@@ -203,12 +203,12 @@ def option_text(option: str) -> str:
 
 def perception_texts() -> list[str]:
     """The prompts and answers of the probe and the pre-training (for a tokenizer's corpus)."""
-    texts = [CAPTION_PROMPT]
-    for q in QUESTIONS:
-        texts.append(q.text)
-        texts += [option_text(o) for o in q.options]
+    texts = []
     for encoding, frames in (("motion", 2), ("rgb", 2), ("rgb", 1)):
-        texts.append(observation_preamble(ObservationConfig(frames=frames, encoding=encoding)))
+        preamble = observation_preamble(ObservationConfig(frames=frames, encoding=encoding))
+        texts += [preamble + CAPTION_PROMPT, *(preamble + q.text for q in QUESTIONS)]
+    for q in QUESTIONS:
+        texts += [option_text(o) for o in q.options]
     return texts
 
 
@@ -473,7 +473,7 @@ def pretrain_perception(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()

@@ -1,0 +1,102 @@
+# vlmrl: every target sets up .venv first if it is missing (torch 2.13.0 first, then the project).
+#   make test | make demo | make iteration N=2 EXP=name RECIPE=recipes/<model>/<game> | make experiment ITERATIONS=5
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vlmrl-installed
+
+EXP ?= demo
+RECIPE ?= recipes/tiny-smolvlm/pong
+N ?= 1
+ITERATIONS ?= 2
+TINY_MODEL := data/models/tiny-smolvlm
+GAME ?= ALE/Pong-v5
+REF_EPISODES ?= 10
+# Seed knobs: empty means "as the recipe says".
+EPISODES ?=
+MAX_STEPS ?=
+REFLECTION_RATE ?=
+EPOCHS ?=
+BATCH_SIZE ?=
+LR ?=
+EVAL_EPISODES ?=
+HUB ?=
+LAUNCH ?=
+
+EXP_DIR := data/experiments/$(EXP)
+OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
+	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
+	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(HUB),--hub $(HUB)) \
+	$(if $(LAUNCH),--launch "$(LAUNCH)")
+PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --recipe $(RECIPE) $(OVERRIDES)
+BASE_DEP := $(if $(findstring tiny,$(RECIPE)),$(TINY_MODEL)/config.json)
+prev = $(shell echo $$(($(1)-1)))
+model_dep = $(if $(filter 1,$(1)),$(BASE_DEP),$(EXP_DIR)/iteration_$(call prev,$(1))/checkpoint/train_metrics.json)
+
+.PHONY: install test test-slow lint tiny-model demo iteration experiment report reference baseline compare clean-demo
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,baselines]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+tiny-model: $(TINY_MODEL)/config.json
+
+$(TINY_MODEL)/config.json: | $(STAMP)
+	$(PY) -m vlmrl.tiny_model --output-dir $(TINY_MODEL)
+
+# --- reference lines: the random and the oracle policy under the evaluation protocol --------------
+REF_DIR = data/reference/$(shell echo $(GAME) | tr '/' '_')
+reference: $(REF_DIR)/random/results.json $(REF_DIR)/oracle/results.json
+
+$(REF_DIR)/%/results.json: | $(STAMP)
+	$(PY) evaluate.py --policy $* --game $(GAME) --episodes $(REF_EPISODES) --output-dir $(REF_DIR)/$*
+
+# --- the loop: each phase a file target, so an interrupted iteration resumes where it stopped --------
+.SECONDEXPANSION:
+$(EXP_DIR)/iteration_0/results.json: $(BASE_DEP) | $(STAMP)
+	$(PHASE) evaluate --iteration 0
+
+$(EXP_DIR)/iteration_%/episodes/summary.json: $$(call model_dep,$$*) | $(STAMP)
+	$(PHASE) collect --iteration $*
+
+$(EXP_DIR)/iteration_%/reflections/summary.json: $(EXP_DIR)/iteration_%/episodes/summary.json
+	$(PHASE) reflect --iteration $*
+
+$(EXP_DIR)/iteration_%/checkpoint/train_metrics.json: $(EXP_DIR)/iteration_%/reflections/summary.json
+	$(PHASE) train --iteration $*
+
+$(EXP_DIR)/iteration_%/results.json: $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json
+	$(PHASE) evaluate --iteration $*
+
+iteration: $(EXP_DIR)/iteration_$(N)/results.json
+	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --recipe $(RECIPE)
+
+experiment: $(EXP_DIR)/iteration_0/results.json
+	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k || exit $$?; done
+	$(PY) -m vlmrl.experiment report --exp $(EXP) --recipe $(RECIPE)
+
+report: | $(STAMP)
+	$(PY) -m vlmrl.experiment report --exp $(EXP) --recipe $(RECIPE)
+
+# The quick run: the base model's evaluation, then 2 iterations of 10 episodes, tiny recipe, oracle teacher.
+demo: tiny-model reference
+	@$(MAKE) --no-print-directory experiment EXP=$(EXP) RECIPE=recipes/tiny-smolvlm/pong ITERATIONS=2
+
+clean-demo:
+	rm -rf data/experiments/demo

@@ -1,0 +1,31 @@
+"""Evaluation: a model or a baseline policy plays held-out seeds; writes results.json and a GIF.
+
+    python evaluate.py --config recipes/tiny-smolvlm/pong/evaluate.yaml --model data/.../checkpoint
+    python evaluate.py --policy random --episodes 10 --output-dir data/reference/random
+    python evaluate.py --model data/models/tiny-smolvlm --probe vision ...   # can the model see?
+"""
+
+from vlmrl.cli import parse, run
+from vlmrl.configs import EvaluateArguments
+from vlmrl.evaluation import format_results
+
+
+def main(args: EvaluateArguments) -> dict:
+    from vlmrl.evaluation import evaluate
+
+    results = evaluate(args)
+    print(format_results(results))
+    if "probe" in results:
+        for question, score in results["probe"].items():
+            if isinstance(score, dict) and "accuracy" in score:
+                print(f"probe {question}: accuracy {score['accuracy']:.3f} (chance {score['chance']:.3f})")
+    print(f"results written to {args.output_dir}/results.json")
+    if args.push_to_hub:
+        from vlmrl.hub import push_eval_results
+
+        push_eval_results(args.push_to_hub, results)
+    return results
+
+
+if __name__ == "__main__":
+    run(lambda: main(*parse((EvaluateArguments,))))
