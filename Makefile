@@ -21,6 +21,7 @@ EPOCHS ?=
 BATCH_SIZE ?=
 LR ?=
 EVAL_EPISODES ?=
+EVAL_MAX_STEPS ?=
 HUB ?=
 LAUNCH ?=
 
@@ -28,7 +29,7 @@ EXP_DIR := data/experiments/$(EXP)
 OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
 	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
-	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(HUB),--hub $(HUB)) \
+	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)")
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --recipe $(RECIPE) $(OVERRIDES)
 BASE_DEP := $(if $(findstring tiny,$(RECIPE)),$(TINY_MODEL)/config.json)
@@ -61,7 +62,7 @@ $(TINY_MODEL)/config.json: | $(STAMP)
 	$(PY) -m vlmrl.tiny_model --output-dir $(TINY_MODEL)
 
 # --- reference lines: the random and the oracle policy under the evaluation protocol --------------
-REF_DIR = data/reference/$(shell echo $(GAME) | tr '/' '_')
+REF_DIR = data/reference/$(shell echo '$(GAME)' | sed 's|.*/||' | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g')
 reference: $(REF_DIR)/random/results.json $(REF_DIR)/oracle/results.json
 
 $(REF_DIR)/%/results.json: | $(STAMP)
@@ -69,6 +70,8 @@ $(REF_DIR)/%/results.json: | $(STAMP)
 
 # --- the loop: each phase a file target, so an interrupted iteration resumes where it stopped --------
 .SECONDEXPANSION:
+# Phase outputs are results, never intermediates to delete.
+.SECONDARY:
 $(EXP_DIR)/iteration_0/results.json: $(BASE_DEP) | $(STAMP)
 	$(PHASE) evaluate --iteration 0
 

@@ -23,7 +23,7 @@ def main(args: EvaluateArguments) -> dict:
     if args.push_to_hub:
         from vlmrl.hub import push_eval_results
 
-        push_eval_results(args.push_to_hub, results)
+        push_eval_results(args.push_to_hub, f"{args.output_dir}/results.json", revision=args.hub_revision)
     return results
 
 

@@ -15,7 +15,8 @@ def main(script_args: TrainScriptArguments, training_args: SFTConfig, model_args
     metrics = train(script_args, training_args, model_args)
     if training_args.process_index == 0:
         print(
-            f"loss {metrics['first_logged_loss']} -> {metrics['last_logged_loss']} | samples {metrics['samples']}"
+            f"train loss {metrics['train_loss']:.4f} (first logged {metrics['first_logged_loss']}, last"
+            f" {metrics['last_logged_loss']}) | samples {metrics['samples']}"
             f" | {metrics['samples_per_s'] or 0:.1f} samples/s | checkpoint in {training_args.output_dir}"
         )
         if script_args.push_to_hub_repo:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import datasets
 import httpx2
+import huggingface_hub
 import numpy as np
 import pytest
 from datasets import Features
@@ -31,7 +32,7 @@ from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 from PIL import Image
 
 from vlmrl import hub
-from vlmrl.data import EPISODE_FEATURES, write_dataset_card, write_json, write_shard
+from vlmrl.data import EPISODE_FEATURES, load_any, write_dataset_card, write_json, write_shard
 from vlmrl.hub import (
     HubPushError,
     add_eval_results_to_card,
@@ -199,7 +200,10 @@ def fake_hub(tmp_path, monkeypatch) -> FakeHub:
     def load_dataset(path, name=None, *args, revision=None, **kwargs):
         served = fake.repo_dir(path, "dataset", revision)
         if not Path(path).exists() and served.is_dir():
-            path, revision = str(served), None  # what the Hub serves for that repo and revision
+            # What the Hub serves for that repo and revision, cached per commit as datasets caches a Hub
+            # repo per commit sha (a local folder's cache key ignores its files: it would serve stale rows).
+            path, revision = str(served), None
+            kwargs["cache_dir"] = f"{cache}/commit-{len(fake.commits)}"
         kwargs.setdefault("cache_dir", cache)
         return REAL_LOAD_DATASET(path, name, *args, revision=revision, **kwargs)
 
@@ -282,15 +286,15 @@ def test_a_pushed_dataset_is_what_the_next_phase_loads(fake_hub, tmp_path):
 
     # What was uploaded is what datasets understands: the config named in the README's YAML.
     snapshot = str(fake_hub.repo_dir(EPISODES_REPO, "dataset"))
-    local = REAL_LOAD_DATASET(str(first), split="train", cache_dir=str(tmp_path / "c"))
-    assert rows(REAL_LOAD_DATASET(snapshot, "iteration-1", split="train", cache_dir=str(tmp_path / "c"))) == rows(local)
+    local = load_any(str(first))
+    served_rows = REAL_LOAD_DATASET(snapshot, "iteration-1", split="train", cache_dir=str(tmp_path / "c1"))
+    assert rows(served_rows) == rows(local)
     assert rows(load_dataset_reference(f"{EPISODES_REPO}:iteration-1")) == rows(local)
 
     second = make_episodes(tmp_path / "it2" / "episodes", iteration=2, episodes=1)
     push_dataset_dir(second, EPISODES_REPO, config_name="iteration-2")
     assert datasets.get_dataset_config_names(snapshot) == ["iteration-1", "iteration-2"]
-    assert rows(load_dataset_reference(f"{EPISODES_REPO}:iteration-2")) == rows(
-        REAL_LOAD_DATASET(str(second), split="train", cache_dir=str(tmp_path / "c")))
+    assert rows(load_dataset_reference(f"{EPISODES_REPO}:iteration-2")) == rows(load_any(str(second)))
     assert rows(load_dataset_reference(f"{EPISODES_REPO}:iteration-1")) == rows(local)
 
     card = DatasetCard.load(fake_hub.repo_dir(EPISODES_REPO, "dataset") / "README.md")
@@ -475,9 +479,22 @@ def test_offline_mode_fails_fast_with_the_retry_command(fake_hub, tmp_path, monk
         with pytest.raises(HubPushError, match="HF_HUB_OFFLINE=1") as caught:
             attempt()
         assert f"python -m vlmrl.hub {subcommand} " in str(caught.value)
+    with pytest.raises(HubPushError, match="Nothing local was changed") as caught:
+        push_eval_results(MODEL_REPO, {"game": "ALE/Pong-v5", "mean_return": -21.0})
+    assert f"python -m vlmrl.hub push-eval RESULTS_JSON {MODEL_REPO}" in str(caught.value)
     assert fake_hub.calls == []
     # Reading local data needs no Hub at all.
     assert len(load_dataset_reference(str(local))) == 6
+
+
+def test_offline_reading_of_an_uncached_hub_dataset_says_why(fake_hub, monkeypatch):
+    # As if HF_HUB_OFFLINE=1 had been set before the libraries read it at import.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1 is set") as caught:
+        load_dataset_reference("someone/never-downloaded:iteration-1")
+    assert "tried to reach the network" not in str(caught.value)
 
 
 def test_a_missing_token_is_reported_before_any_upload(fake_hub, tmp_path, monkeypatch):
@@ -537,7 +554,7 @@ def test_round_trip_through_the_real_hub(tmp_path):
     try:
         push_dataset_dir(local, repo_id, config_name="iteration-1", private=True)
         loaded = load_dataset_reference(f"{repo_id}:iteration-1")
-        assert rows(loaded) == rows(REAL_LOAD_DATASET(str(local), split="train"))
+        assert rows(loaded) == rows(load_any(str(local)))
         checkpoint = make_checkpoint(tmp_path / "ckpt", b"w", tmp_path)
         push_checkpoint(checkpoint, repo_id, revision="iteration-1", private=True)
         push_eval_results(repo_id, {"game": "ALE/Pong-v5", "episodes": 1, "mean_return": -21.0},

@@ -30,8 +30,13 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 def run(main: Callable[[], object]) -> None:
     """Calls ``main``; a mistake the user can fix prints one line and exits 2, not a traceback."""
+    from vlmrl.hub import HubPushError
+
     try:
         main()
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -160,6 +160,7 @@ class EvaluateArguments(PolicyArguments, EnvArguments):
     push_to_hub: str | None = field(
         default=None, metadata={"help": "Hub model repo whose card receives the results (the evaluated model's)"}
     )
+    hub_revision: str | None = field(default=None, metadata={"help": "branch of that repo, e.g. iteration-2"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:

@@ -1,8 +1,12 @@
 """Dataset schemas and storage: a dataset on disk has the Hub's own shape.
 
-A dataset directory holds parquet shards under ``data/`` and a ``README.md`` card whose
-YAML names the config, so ``datasets.load_dataset(path)`` and
-``load_dataset("user/name", "iteration-2")`` read it the same way. Writers add one shard
+A dataset directory holds parquet shards under ``data/`` and a ``README.md`` card, so
+``datasets.load_dataset(path)`` reads it (the Hub's default layout: ``data/*.parquet`` is the
+train split) and a push makes it the ``iteration-N`` config of a Hub dataset
+(``load_dataset("user/name", "iteration-2")``). The local card deliberately names no
+``configs``: with them, datasets 5.2 caches a local folder by its name and config only,
+so a resumed collection or ``iteration_2/episodes`` after ``iteration_1/episodes`` would
+load stale rows; without them it hashes the files themselves. Writers add one shard
 per finished unit of work (an episode, a batch of reflections) with an atomic rename:
 an interrupted run keeps what it finished, and a re-run skips it.
 """
@@ -91,15 +95,11 @@ def existing_shards(dataset_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.parquet"))
 
 
-def write_dataset_card(dataset_dir: str | Path, *, title: str, body: str, config_name: str = "default",
-                       tags: list[str] | None = None) -> None:
-    """The card whose YAML header makes the folder loadable with ``load_dataset(path)``."""
+def write_dataset_card(dataset_dir: str | Path, *, title: str, body: str, tags: list[str] | None = None) -> None:
+    """The dataset's card (what the data is); see the module docstring for why it names no configs."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    data = DatasetCardData(
-        configs=[{"config_name": config_name, "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        tags=["vlmrl", "atari", *(tags or [])],
-    )
+    data = DatasetCardData(tags=["vlmrl", "atari", *(tags or [])])
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{body}\n")
     card.save(Path(dataset_dir) / "README.md")
 

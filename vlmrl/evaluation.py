@@ -77,6 +77,11 @@ def evaluate(args: EvaluateArguments) -> dict:
         video=video,
     )
     write_results(output_dir / RESULTS, results)
+    card = Path(args.model or "") / "README.md"
+    if args.policy == "model" and card.exists() and (card.parent / "vlmrl_train.json").exists():
+        from vlmrl.hub import add_eval_results_to_card
+
+        add_eval_results_to_card(card, results)
     if args.probe == "vision":
         from vlmrl.probe import run_vision_probe
 

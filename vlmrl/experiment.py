@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from vlmrl.data import write_json
+from vlmrl.hub import hub_repo_id
 from vlmrl.results import game_slug, load_results
 
 PHASES = ("collect", "reflect", "train", "evaluate")
@@ -67,13 +68,13 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(1000 * k)]
         cmd += _flags(o, episodes="--episodes", max_steps="--max-steps", num_envs="--num-envs")
         if hub:
-            cmd += ["--push-to-hub", f"{hub}-episodes"]
+            cmd += ["--push-to-hub", hub_repo_id(hub, "episodes")]
     elif phase == "reflect":
         cmd = [*py, str(ROOT / "reflect.py"), *config, "--episodes", str(it / "episodes"),
                "--output-dir", str(it / "reflections"), "--model", model_for(exp_dir, k, base)]
         cmd += _flags(o, reflection_rate="--reflection-rate")
         if hub:
-            cmd += ["--push-to-hub", f"{hub}-reflections"]
+            cmd += ["--push-to-hub", hub_repo_id(hub, "reflections")]
     elif phase == "train":
         window = int(settings["reflections_window"])
         reflections = [str(iteration_dir(exp_dir, j) / "reflections") for j in range(max(1, k - window + 1), k + 1)]
@@ -83,11 +84,13 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--iteration", str(k), "--recipe", str(recipe)]
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate")
         if hub:
-            cmd += ["--push_to_hub_repo", f"{hub}-model"]
+            cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
         model = base if k == 0 else str(it / "checkpoint")
         cmd = [*py, str(ROOT / "evaluate.py"), *config, "--model", model, "--output-dir", str(it)]
-        cmd += _flags(o, eval_episodes="--episodes")
+        cmd += _flags(o, eval_episodes="--episodes", eval_max_steps="--max-steps")
+        if hub and k > 0:
+            cmd += ["--push-to-hub", hub_repo_id(hub, "model"), "--hub-revision", f"iteration-{k}"]
         if o.get("probe"):
             cmd += ["--probe", "vision"]
     else:
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--num-envs", "environments per batch in collection"), ("--reflection-rate", "share of steps reflected on"),
         ("--epochs", "training epochs"), ("--batch-size", "training batch size per device"),
         ("--lr", "learning rate"), ("--eval-episodes", "evaluation episodes"),
+        ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
     ):

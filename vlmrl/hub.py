@@ -60,13 +60,11 @@ _RETRY_PREFIX = ["python", "-m", "vlmrl.hub"]
 class HubPushError(Exception):
     """A push to the Hub failed; the local copy is intact and ``retry_command`` pushes it again."""
 
-    def __init__(self, what: str, local_path: str | Path, retry_command: str, reason: str):
-        self.what, self.local_path, self.retry_command, self.reason = what, str(local_path), retry_command, reason
-        super().__init__(
-            f"{what} failed: {reason}\n"
-            f"The local copy at {local_path} is intact; nothing was lost. Retry the push with:\n"
-            f"  {retry_command}"
-        )
+    def __init__(self, what: str, local_path: str | Path | None, retry_command: str, reason: str):
+        self.what, self.retry_command, self.reason = what, retry_command, reason
+        self.local_path = str(local_path) if local_path is not None else None
+        kept = f"The local copy at {local_path} is intact" if local_path is not None else "Nothing local was changed"
+        super().__init__(f"{what} failed: {reason}\n{kept}; nothing was lost. Retry the push with:\n  {retry_command}")
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -155,7 +153,7 @@ def describe_failure(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _pushing(what: str, local_path: str | Path, retry: str, token: str | None, push: Callable[[], T]) -> T:
+def _pushing(what: str, local_path: str | Path | None, retry: str, token: str | None, push: Callable[[], T]) -> T:
     """Runs one push; every way the Hub can fail becomes a HubPushError that says how to retry."""
     if _offline():
         raise HubPushError(what, local_path, retry,
@@ -531,8 +529,9 @@ def push_eval_results(repo_id: str, results: Mapping[str, Any] | str | Path, *, 
     """
     _check_repo_id(repo_id)
     data = _read_results(results)
-    source = str(results) if not isinstance(results, Mapping) else "RESULTS_JSON"
-    retry = retry_command("push-eval", source, repo_id, *(["--revision", revision] if revision else []))
+    source = None if isinstance(results, Mapping) else str(results)
+    retry = retry_command("push-eval", source or "RESULTS_JSON", repo_id,
+                          *(["--revision", revision] if revision else []))
 
     def push() -> str:
         api = HfApi(token=token)

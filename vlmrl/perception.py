@@ -36,7 +36,7 @@ PLAYFIELD_WIDTH = 160
 _BALL_ROW_OFFSET = 46  # top row ram-48, 4 rows tall
 _BALL_COL_OFFSET = 48  # left column ram-49, 2 wide
 _PADDLE_ROW_OFFSET = 40  # top row ram-47.5, 16 rows tall
-_BALL_RGB = (236, 236, 236)
+_BALL_RED = 236  # the ball is (236, 236, 236); nothing else in the playfield has this much red
 BUCKETS = 16  # rows and columns of the caption, 10 pixels each
 
 # Episode seeds of the pre-training data start here (+ 10,000 per build seed), far from the
@@ -62,13 +62,15 @@ class PongScene:
     paddle_row: int  # centre row of the player's paddle in the cropped playfield
     ball_above_paddle: bool | None
     vertical: str | None  # "up" / "down"; None when out of play, not moving vertically or unknown
-    horizontal: str | None  # "left" / "right" (right: toward the player)
+    # "toward" the player's paddle (rightward) / "away"; not "left"/"right": in Pong those are
+    # action names (they move the paddle down/up).
+    horizontal: str | None
 
 
 def ball_drawn(frame: np.ndarray, game_id: str = GAME_ID) -> bool:
     """Whether the ball's colour appears in the playfield of a raw RGB frame."""
     top, bottom = PLAYFIELD_ROWS[game_name(game_id)]
-    return bool((frame[top:bottom] == _BALL_RGB).all(axis=-1).any())
+    return bool((frame[top:bottom, :, 0] == _BALL_RED).any())
 
 
 def scene_from_ram(
@@ -93,7 +95,7 @@ def scene_from_ram(
     if prev is not None and prev.ball_in_play:
         dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
         vertical = "up" if dy < 0 else "down" if dy > 0 else None
-        horizontal = "left" if dx < 0 else "right" if dx > 0 else None
+        horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
     return PongScene(
         ball_visible=True,
         ball_row=state.ball_y - _BALL_ROW_OFFSET,
@@ -118,8 +120,8 @@ CAPTION_TOKENS: list[str] = [
     "<vup>",
     "<vdown>",
     "<vnone>",
-    "<hleft>",
-    "<hright>",
+    "<haway>",
+    "<htoward>",
     "<hnone>",
 ]
 CAPTION_PROMPT = "Describe the ball and your paddle."
@@ -168,12 +170,12 @@ class Question:
 QUESTIONS: tuple[Question, ...] = (
     Question(
         "above_below",
-        "Is the ball above or below your paddle (green, on the right)?",
+        "Is the ball above or below your paddle (the green one)?",
         ("above", "below"),
         lambda s: None if s.ball_above_paddle is None else ("above" if s.ball_above_paddle else "below"),
     ),
     Question("vertical", "Is the ball moving up or down?", ("up", "down"), lambda s: s.vertical),
-    Question("horizontal", "Is the ball moving left or right?", ("left", "right"), lambda s: s.horizontal),
+    Question("horizontal", "Is the ball moving toward you or away?", ("toward", "away"), lambda s: s.horizontal),
     Question("ball_third", "Is the ball in the top, middle or bottom third?", ("top", "middle", "bottom"), _third),
     Question("ball_visible", "Is the ball in play?", ("yes", "no"), lambda s: "yes" if s.ball_visible else "no"),
 )
@@ -226,6 +228,11 @@ class PlayFrame:
 
     def scene(self, game_id: str = GAME_ID) -> PongScene:
         return scene_from_ram(self.ram, self.prev_ram, drawn=ball_drawn(self.frames[-1], game_id))
+
+
+def envs_for(frames: int, keep_prob: float) -> int:
+    """Environments to play in parallel: 8, fewer for a handful of frames (each costs a ROM load)."""
+    return int(min(8, max(1, frames * (1 / keep_prob) // 500)))
 
 
 def varied_play(
@@ -304,7 +311,9 @@ def collect_perception_data(
     frames_needed = max(observation.frames, 2)  # the previous frame's RAM gives the direction
     images = None
     scenes = []
-    play = varied_play(game_id, seed=seed, history=frames_needed, keep_prob=keep_prob)
+    play = varied_play(
+        game_id, seed=seed, history=frames_needed, keep_prob=keep_prob, num_envs=envs_for(n, keep_prob)
+    )
     for i, item in enumerate(tqdm(islice(play, n), total=n, desc="perception frames", disable=not progress)):
         encoded = [np.asarray(im) for im in encode_observation(item.frames[-observation.frames:], observation, game_id)]
         if images is None:
@@ -412,9 +421,13 @@ def pretrain_perception(
     config: PretrainConfig | None = None,
     *,
     progress: bool = False,
+    callback: Callable[[int, float], None] | None = None,
 ) -> PretrainResult:
     """Teaches ``model`` to see: a dense caption (or one probe question) per frame, loss on
-    every answer token, AdamW with warm-up and cosine decay. Targets come from the RAM only."""
+    every answer token, AdamW with warm-up and cosine decay. Targets come from the RAM only.
+
+    ``callback(step, loss)`` runs after each optimizer step (e.g. to probe a learning curve;
+    it must leave the model in train mode)."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
@@ -474,6 +487,8 @@ def pretrain_perception(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
+        if callback is not None:
+            callback(step, losses[-1])
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()

@@ -29,6 +29,7 @@ from vlmrl.perception import (
     QUESTIONS,
     PlayFrame,
     Question,
+    envs_for,
     option_text,
     question_messages,
     varied_play,
@@ -91,18 +92,26 @@ def _option_ids(tokenizer, continuations: Sequence[str]) -> list[list[int]]:
 
 @torch.no_grad()
 def score_continuations(
-    model, processor, prompt: str, images: list[list], continuations: Sequence[str]
+    model,
+    processor,
+    prompt: str,
+    images: list[list],
+    continuations: Sequence[str],
+    *,
+    full_sequence: bool | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of each continuation after ``prompt`` for each observation: [batch, options].
 
     When the continuations start with distinct tokens, the first token decides (one forward,
-    the last position only); otherwise each continuation is scored in full (one forward over
-    batch × options rows).
+    the last position only); otherwise (or with ``full_sequence=True``) each continuation is
+    scored in full (one forward over batch × options rows).
     """
     device = model.device
     option_ids = _option_ids(processor.tokenizer, continuations)
     firsts = [ids[0] for ids in option_ids]
-    if len(set(firsts)) == len(firsts):
+    if full_sequence is None:
+        full_sequence = len(set(firsts)) != len(firsts)
+    if not full_sequence:
         inputs = processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True)
         inputs = _to(inputs, model)
         logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
@@ -147,7 +156,10 @@ def collect_probe_frames(
     game_id: str = GAME_ID, frames: int = 500, seed: int = DEFAULT_PROBE_SEED, history: int = 2
 ) -> list[PlayFrame]:
     """Held-out frames of varied play, spread over episodes (one step in 20 is kept)."""
-    play = varied_play(game_id, seed=seed, history=max(history, 2), keep_prob=0.05)
+    keep_prob = 0.05
+    play = varied_play(
+        game_id, seed=seed, history=max(history, 2), keep_prob=keep_prob, num_envs=envs_for(frames, keep_prob)
+    )
     samples = list(islice(play, frames))
     play.close()
     return samples

@@ -21,7 +21,6 @@ from vlmrl.data import (
     discounted_returns,
     ensure_writable,
     existing_shards,
-    load_any,
     load_table,
     require_columns,
     write_dataset_card,
@@ -29,6 +28,7 @@ from vlmrl.data import (
     write_shard,
 )
 from vlmrl.env import make_env
+from vlmrl.hub import load_dataset_reference
 from vlmrl.models import vision_image_size
 from vlmrl.observation import ObservationConfig, encode_observation
 from vlmrl.prompts import acting_messages, completion_messages
@@ -136,7 +136,7 @@ def reflect(args: ReflectArguments) -> dict:
     from vlmrl.oracle import get_oracle, has_oracle
 
     output_dir = ensure_writable(args.output_dir)
-    dataset = load_any(args.episodes)
+    dataset = load_dataset_reference(args.episodes)
     require_columns(dataset, REQUIRED_EPISODE_COLUMNS, "episodes")
     if len(dataset) == 0:
         raise ValueError(f"the episodes dataset {args.episodes!r} is empty")
@@ -244,6 +244,7 @@ def reflect(args: ReflectArguments) -> dict:
             "wall_s": time.perf_counter() - start,
         }
     )
+    summary["iteration"] = iteration
     write_json(output_dir / SUMMARY, summary)
     write_dataset_card(output_dir, title=f"vlmrl reflections: {args.game}, {args.reflector} reflector",
                        body=reflections_card_body(args, summary), tags=["reflections"])

@@ -252,7 +252,8 @@ def build_tiny_model(
     processor.save_pretrained(staging)
     recipe = _recipe(config, observation, pretrain)
     (staging / "tiny_config.json").write_text(json.dumps({**recipe, "report": report}, indent=2))
-    write_model_card(staging, config, card_text + _card_body(recipe, report))
+    n_params = sum(p.numel() for p in model.parameters())
+    write_model_card(staging, config, card_text + _card_body(recipe, report), n_params)
     shutil.rmtree(output_dir, ignore_errors=True)
     staging.rename(output_dir)
     return output_dir
@@ -331,10 +332,11 @@ def _card_body(recipe: dict, report: dict) -> str:
     return "\n".join(body)
 
 
-def write_model_card(output_dir: Path, config: TinyModelConfig, body: str = "") -> None:
+def write_model_card(output_dir: Path, config: TinyModelConfig, body: str = "", n_params: int | None = None) -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
-    n_params = sum(p.numel() for p in _load_for_count(output_dir).parameters())
+    if n_params is None:
+        n_params = sum(p.numel() for p in _load_for_count(output_dir).parameters())
     data = ModelCardData(
         library_name="transformers", pipeline_tag="image-text-to-text", tags=["vlmrl", "atari", "pong"]
     )

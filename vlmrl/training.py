@@ -7,16 +7,16 @@ one or more reflections datasets, CPU-safe defaults, resuming, and the checkpoin
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets
 
 from vlmrl.configs import ObservationArguments
-from vlmrl.data import check_manifest, load_any, require_columns, write_json
+from vlmrl.data import check_manifest, require_columns, write_json
+from vlmrl.hub import load_dataset_reference
 
 MANIFEST = "vlmrl_train.json"
 METRICS = "train_metrics.json"
@@ -33,6 +33,7 @@ class TrainScriptArguments(ObservationArguments):
         metadata={"help": "reflections datasets (local folders or Hub ids); earlier iterations' too, to avoid forgetting"},
     )
     iteration: int = field(default=1, metadata={"help": "loop iteration, recorded in the model card"})
+    game: str = field(default="ALE/Pong-v5", metadata={"help": "the game, recorded in the model card"})
     recipe: str | None = field(default=None, metadata={"help": "recipe folder, recorded in the model card"})
     push_to_hub_repo: str | None = field(
         default=None, metadata={"help": "Hub model repo to publish the checkpoint to (branch iteration-N)"}
@@ -47,13 +48,20 @@ class TrainScriptArguments(ObservationArguments):
         self.observation_config()
 
 
+def _card_metrics(metrics: dict, training_args) -> dict:
+    hyper = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+             "lr_scheduler_type", "seed")
+    return {**{k: v for k, v in metrics.items() if k != "resumed_from"},
+            **{k: getattr(training_args, k) for k in hyper}}
+
+
 def load_reflections(references: list[str]):
     """Concatenates the reflections datasets, checking each is usable training data."""
     if not references:
         raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
     parts = []
     for ref in references:
-        ds = load_any(ref)
+        ds = load_dataset_reference(ref)
         require_columns(ds, ["prompt", "completion"], f"reflections ({ref})")
         if "image" not in ds.column_names and "images" not in ds.column_names:
             raise ValueError(f"the reflections dataset {ref!r} has no image or images column")
@@ -147,32 +155,10 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)
-        write_checkpoint_card(output_dir, base, script_args, training_args, metrics, observation)
+        from vlmrl.hub import write_model_card
+
+        write_model_card(
+            output_dir, base_model=base, iteration=script_args.iteration, datasets=script_args.reflections,
+            game=script_args.game, recipe=script_args.recipe, train_metrics=_card_metrics(metrics, training_args),
+        )
     return metrics
-
-
-def write_checkpoint_card(output_dir: Path, base: str, script_args: TrainScriptArguments, training_args,
-                          metrics: dict, observation) -> None:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(
-        base_model=base if base.count("/") == 1 and not Path(base).exists() else None,
-        library_name="transformers",
-        pipeline_tag="image-text-to-text",
-        tags=["vlmrl", "atari", "reflection", "sft", "trl"],
-        datasets=[r for r in script_args.reflections if r.count("/") == 1 and not Path(r).exists()] or None,
-    )
-    hyper = {k: getattr(training_args, k) for k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                                                     "gradient_accumulation_steps", "lr_scheduler_type", "seed")}
-    body = (
-        f"# vlmrl checkpoint, iteration {script_args.iteration}\n\n"
-        f"`{base}` fine-tuned with TRL's SFTTrainer on reflections (corrected actions and their reasons) "
-        "of its own play.\n\n"
-        f"- base model: `{base}`\n"
-        f"- reflections: {', '.join(f'`{r}`' for r in script_args.reflections)}\n"
-        f"- recipe: `{script_args.recipe}`\n"
-        f"- hyper-parameters: `{json.dumps(hyper)}`\n"
-        f"- training: {json.dumps({k: v for k, v in metrics.items() if k != 'resumed_from'})}\n"
-        f"- observation: `{json.dumps(asdict(observation))}`\n"
-    )
-    ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}").save(output_dir / "README.md")

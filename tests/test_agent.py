@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+import torch
+
+from vlmrl.agent import Observation, PromptEncoder, RandomPolicy, VLMPolicy
+from vlmrl.env import AtariBatch
+from vlmrl.models import load_processor, load_vlm
+from vlmrl.observation import ObservationConfig
+from vlmrl.prompts import ANSWER_PREFIX
+
+MOTION = ObservationConfig(frames=2, encoding="motion", crop=True, image_size=128)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    batch = AtariBatch("ALE/Pong-v5", 1)
+    frame, ram = batch.reset(0, seed=3)
+    out = []
+    for _ in range(70):
+        res = batch.step({0: "NOOP"})[0]
+        out.append((res.frame, res.ram))
+    return out
+
+
+def _observations(frames, n):
+    return [Observation([frames[i][0], frames[i + 1][0]], frames[i + 1][1], frames[i][1]) for i in range(50, 50 + n)]
+
+
+@pytest.mark.parametrize("observation", [MOTION, ObservationConfig(frames=2, encoding="rgb", image_size=128)])
+def test_fast_encoding_matches_the_processor(tiny_model, pong_actions, frames, observation):
+    processor = load_processor(tiny_model, observation)
+    encoder = PromptEncoder(processor, "ALE/Pong-v5", pong_actions, observation)
+    assert encoder.fast
+    obs = _observations(frames, 3)
+    fast = encoder.encode(obs, " " + ANSWER_PREFIX)
+    encoder.fast = False
+    slow = encoder.encode(obs, " " + ANSWER_PREFIX)
+    assert torch.equal(fast["input_ids"], slow["input_ids"])
+    assert torch.allclose(fast["pixel_values"], slow["pixel_values"].float(), atol=1e-6)
+    assert torch.equal(fast["pixel_attention_mask"].bool(), slow["pixel_attention_mask"].bool())
+
+
+def test_constrained_scores_every_legal_action_in_one_forward(tiny_model, pong_actions, frames):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION)
+    assert policy._single_token
+    obs = _observations(frames, 4)
+    logprobs = policy.action_logprobs(obs)
+    assert logprobs.shape == (4, 6) and torch.isfinite(logprobs).all()
+    decisions = policy.act(obs)
+    assert all(d.action in pong_actions and d.valid for d in decisions)
+    # Greedy picks the most likely action; the multi-token path ranks the same way on this tokenizer
+    # (each name is one token; it also scores the closing quote, so only the shape and order are compared).
+    assert [d.action for d in decisions] == [pong_actions[i] for i in logprobs.argmax(-1).tolist()]
+    policy._single_token = False
+    seq = policy.action_logprobs(obs)
+    assert seq.shape == (4, 6) and torch.isfinite(seq).all()
+
+
+def test_sampling_is_seeded(tiny_model, pong_actions, frames):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    obs = _observations(frames, 8)
+    picks = [
+        [d.action for d in VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, temperature=5.0,
+                                     seed=1).act(obs)]
+        for _ in range(2)
+    ]
+    assert picks[0] == picks[1]
+
+
+def test_generate_mode_records_invalid_and_falls_back(tiny_model, pong_actions, frames):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, decode="generate",
+                       max_new_tokens=8, fallback_action="NOOP")
+    decisions = policy.act(_observations(frames, 2))
+    # A random-init model answers garbage: recorded as invalid, the fallback is played, nothing raises.
+    for d in decisions:
+        assert isinstance(d.raw_output, str)
+        assert d.valid or d.action == "NOOP"
+
+
+def test_bad_policy_settings(tiny_model, pong_actions):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    with pytest.raises(ValueError, match="decode"):
+        VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, decode="beam")
+    with pytest.raises(ValueError, match="fallback"):
+        VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, fallback_action="JUMP")
+
+
+def test_random_policy_is_seeded(pong_actions):
+    obs = [Observation([np.zeros((210, 160, 3), np.uint8)], np.zeros(128, np.uint8))] * 20
+    a = [d.action for d in RandomPolicy(pong_actions, seed=4).act(obs)]
+    b = [d.action for d in RandomPolicy(pong_actions, seed=4).act(obs)]
+    assert a == b and len(set(a)) > 1

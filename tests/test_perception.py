@@ -1,0 +1,118 @@
+"""The RAM answer key, the caption targets, varied play and a smoke run of perception pre-training."""
+
+from __future__ import annotations
+
+import re
+from itertools import islice
+
+import numpy as np
+import pytest
+
+from vlmrl.perception import (
+    CAPTION_PROMPT,
+    CAPTION_TOKENS,
+    NO_BALL,
+    QUESTIONS,
+    PerceptionData,
+    PretrainConfig,
+    caption_tokens,
+    collect_perception_data,
+    perception_texts,
+    pretrain_perception,
+    scene_from_ram,
+    varied_play,
+)
+from vlmrl.tiny_model import PONG_ACTIONS
+
+BALL_X, BALL_Y, PLAYER_Y = 49, 54, 51
+
+
+def ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100) -> np.ndarray:
+    r = np.zeros(128, dtype=np.uint8)
+    r[BALL_X], r[BALL_Y], r[PLAYER_Y] = ball_x, ball_y, player_y
+    return r
+
+
+def test_scene_ball_above_and_below_the_paddle_centre():
+    # The paddle's middle is 7 RAM units below its y (the oracle's PADDLE_CENTRE_OFFSET).
+    assert scene_from_ram(ram(120, 106, 100)).ball_above_paddle is True
+    assert scene_from_ram(ram(120, 107, 100)).ball_above_paddle is False
+    assert scene_from_ram(ram(120, 60, 150)).ball_above_paddle is True
+
+
+def test_scene_pixel_rows_of_ball_and_paddle():
+    scene = scene_from_ram(ram(ball_x=100, ball_y=80, player_y=90))
+    assert (scene.ball_row, scene.ball_col, scene.paddle_row) == (34, 52, 50)
+
+
+def test_scene_without_ball_has_no_ball_facts():
+    for scene in (scene_from_ram(ram(0, 0)), scene_from_ram(ram(120, 0)), scene_from_ram(ram(120, 90), drawn=False)):
+        assert not scene.ball_visible
+        assert scene.ball_above_paddle is scene.vertical is scene.horizontal is scene.ball_row is None
+
+
+def test_scene_directions_need_two_rams():
+    assert scene_from_ram(ram(120, 90)).vertical is None
+    moving = scene_from_ram(ram(120, 90), ram(116, 94))
+    assert (moving.vertical, moving.horizontal) == ("up", "toward")
+    moving = scene_from_ram(ram(116, 94), ram(120, 90))
+    assert (moving.vertical, moving.horizontal) == ("down", "away")
+    assert scene_from_ram(ram(120, 90), ram(116, 90)).vertical is None  # level
+    assert scene_from_ram(ram(120, 90), ram(0, 0)).vertical is None  # just served
+
+
+def test_caption_targets():
+    assert caption_tokens(scene_from_ram(ram(120, 90, 100), ram(116, 94, 100))) == [
+        "<above>", "<y4>", "<x7>", "<p6>", "<vup>", "<htoward>",
+    ]
+    assert caption_tokens(scene_from_ram(ram(0, 0, 100))) == [NO_BALL, NO_BALL, NO_BALL, "<p6>", NO_BALL, NO_BALL]
+    # Rows clamp into the 16 buckets at the playfield's edges.
+    assert caption_tokens(scene_from_ram(ram(205, 206, 30)))[1:4] == ["<y15>", "<x15>", "<p0>"]
+
+
+def test_no_action_names_in_targets_or_prompts():
+    # Case-insensitive: in Pong "RIGHT" and "LEFT" are actions (paddle up/down), so the
+    # perception vocabulary avoids even the plain words.
+    texts = CAPTION_TOKENS + perception_texts() + [CAPTION_PROMPT] + [q.text for q in QUESTIONS]
+    words = set(re.findall(r"[a-z]+", " ".join(texts).lower()))
+    assert not words & {a.lower() for a in PONG_ACTIONS}
+    assert all(len(caption_tokens(scene_from_ram(ram(x, y), ram(x + 4, y + 2)))) == 6
+               for x, y in [(0, 0), (100, 100)])
+
+
+def test_varied_play_is_deterministic_and_varied():
+    first = list(islice(varied_play(seed=5, num_envs=2, keep_prob=0.5), 40))
+    again = list(islice(varied_play(seed=5, num_envs=2, keep_prob=0.5), 40))
+    assert all(np.array_equal(a.ram, b.ram) and np.array_equal(a.frames[-1], b.frames[-1])
+               for a, b in zip(first, again, strict=True))
+    assert len({a.episode_seed for a in first}) == 2
+    assert len(first[0].frames) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from vlmrl.tiny_model import TinyModelConfig, build_model, build_processor, build_tokenizer, observation_config
+
+    config = TinyModelConfig()
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    return build_model(config, tokenizer), build_processor(config, tokenizer), observation_config(config)
+
+
+def test_pretraining_smoke_lowers_the_loss(tiny):
+    model, processor, observation = tiny
+    data = collect_perception_data(48, observation, seed=3)
+    assert data.images.shape == (48, 1, 128, 128, 3)
+    config = PretrainConfig(frames=48, epochs=4, batch_size=8, learning_rate=3e-3, warmup_steps=0, seed=0)
+    result = pretrain_perception(model, processor, data, observation, config)
+    assert result.steps == 24
+    assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 1.0
+
+
+def test_pretraining_rejects_a_tokenizer_without_caption_tokens(tiny):
+    from vlmrl.tiny_model import TinyModelConfig, build_processor, build_tokenizer
+
+    _, _, observation = tiny
+    plain = build_processor(TinyModelConfig(), build_tokenizer(1000))
+    empty_ok = PerceptionData(np.ones((1, 1, 128, 128, 3), np.uint8), [scene_from_ram(ram())])
+    with pytest.raises(ValueError, match="caption tokens"):
+        pretrain_perception(tiny[0], plain, empty_ok, observation, PretrainConfig(frames=1, epochs=1))

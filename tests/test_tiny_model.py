@@ -1,0 +1,115 @@
+"""The tiny model: tokenizer, deterministic builds, offline reload, the CLI's cache."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlmrl import tiny_model
+from vlmrl.observation import encode_observation
+from vlmrl.perception import CAPTION_TOKENS, QUESTIONS, PretrainConfig, option_text, perception_texts
+from vlmrl.probe import observation_for
+from vlmrl.tiny_model import PONG_ACTIONS, TinyModelConfig, build_model, build_tiny_model, build_tokenizer, main
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The same seed built twice with a few steps of pre-training."""
+    root = tmp_path_factory.mktemp("tiny")
+    pretrain = PretrainConfig(frames=32, epochs=2, batch_size=16, warmup_steps=1, seed=0)
+    first = build_tiny_model(root / "a", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
+    second = build_tiny_model(root / "b", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
+    return first, second
+
+
+def test_build_is_deterministic_for_a_seed(built):
+    a, b = load_file(built[0] / "model.safetensors"), load_file(built[1] / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config = TinyModelConfig(seed=0)
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    init = {k: v for k, v in build_model(config, tokenizer).state_dict().items() if k in a}
+    assert all(torch.equal(v, build_model(config, tokenizer).state_dict()[k]) for k, v in init.items())
+    other = build_model(TinyModelConfig(seed=1), tokenizer).state_dict()
+    assert not all(torch.equal(v, other[k]) for k, v in init.items())
+    assert not all(torch.equal(v, a[k]) for k, v in init.items())  # pre-training moved the weights
+
+
+def test_pretraining_is_recorded_in_config_and_card(built):
+    recorded = json.loads((built[0] / "tiny_config.json").read_text())
+    assert recorded["pretrain"]["frames"] == 32
+    assert recorded["observation"]["encoding"] == "motion"
+    assert recorded["report"]["pretrain"]["steps"] == 4
+    assert "Perception pre-training" in (built[0] / "README.md").read_text()
+
+
+def test_reloads_offline_through_the_auto_classes(built, monkeypatch):
+    import huggingface_hub.constants
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the tiny model must load without the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    path = str(built[0])
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    observation = observation_for(path)
+    frame = np.zeros((210, 160, 3), np.uint8)
+    images = encode_observation([frame, frame], observation, "ALE/Pong-v5")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Your move?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[images], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs, logits_to_keep=1).logits
+    assert logits.shape == (1, 1, len(processor.tokenizer))
+    saved = load_file(built[0] / "model.safetensors")
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items() if k in saved)
+
+
+def test_tokenizer_single_tokens(built):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(built[0])
+    for action in PONG_ACTIONS:  # constrained decoding scores them with one forward
+        assert len(tokenizer(action, add_special_tokens=False)["input_ids"]) == 1
+    for token in CAPTION_TOKENS:
+        assert tokenizer(token, add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(token)]
+    for q in QUESTIONS:  # the probe's first-token fast path
+        firsts = {tokenizer(option_text(o), add_special_tokens=False)["input_ids"][0] for o in q.options}
+        assert len(firsts) == len(q.options)
+
+
+def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatch):
+    path = str(built[0])
+    args = ["--output-dir", path, "--pretrain-frames", "32", "--pretrain-epochs", "2"]
+    # The fixture's recipe differs from the CLI's in batch size and warm-up: make them agree.
+    monkeypatch.setattr(tiny_model, "PretrainConfig", lambda **kw: PretrainConfig(batch_size=16, warmup_steps=1, **kw))
+    main(args)
+    assert "already built" in capsys.readouterr().out
+
+    calls = []
+
+    def fake_build(out, config, *, pretrain, probe_frames, progress):
+        calls.append((config.seed, pretrain))
+        return out
+
+    monkeypatch.setattr(tiny_model, "build_tiny_model", fake_build)
+    main([*args, "--seed", "3"])
+    assert "another recipe" in capsys.readouterr().out
+    assert calls and calls[0][0] == 3 and calls[0][1].seed == 3
+    main([*args, "--force"])
+    assert len(calls) == 2
+
+
+def test_cli_rejects_bad_pretrain_settings(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--output-dir", str(tmp_path / "x"), "--pretrain-frames", "0"])
