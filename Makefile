@@ -75,13 +75,13 @@ $(REF_DIR)/%/results.json: | $(STAMP)
 $(EXP_DIR)/iteration_0/results.json: $(BASE_DEP) | $(STAMP)
 	$(PHASE) evaluate --iteration 0
 
-$(EXP_DIR)/iteration_%/episodes/summary.json: $$(call model_dep,$$*) | $(STAMP)
+$(EXP_DIR)/iteration_%/episodes/.vlmrl/summary.json: $$(call model_dep,$$*) | $(STAMP)
 	$(PHASE) collect --iteration $*
 
-$(EXP_DIR)/iteration_%/reflections/summary.json: $(EXP_DIR)/iteration_%/episodes/summary.json
+$(EXP_DIR)/iteration_%/reflections/.vlmrl/summary.json: $(EXP_DIR)/iteration_%/episodes/.vlmrl/summary.json
 	$(PHASE) reflect --iteration $*
 
-$(EXP_DIR)/iteration_%/checkpoint/train_metrics.json: $(EXP_DIR)/iteration_%/reflections/summary.json
+$(EXP_DIR)/iteration_%/checkpoint/train_metrics.json: $(EXP_DIR)/iteration_%/reflections/.vlmrl/summary.json
 	$(PHASE) train --iteration $*
 
 $(EXP_DIR)/iteration_%/results.json: $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json

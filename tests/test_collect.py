@@ -44,7 +44,7 @@ def test_episodes_schema_and_content(tmp_path):
         assert rows["truncated"][-1] and not any(rows["truncated"][:-1])
     # The next frame of a step is the next row: frames are stored once, and they change.
     assert np.asarray(ds[0]["frame"]).tobytes() != np.asarray(ds[29]["frame"]).tobytes()
-    saved = json.loads((tmp_path / "ep" / "summary.json").read_text())
+    saved = json.loads((tmp_path / "ep" / ".vlmrl" / "summary.json").read_text())
     assert saved["episodes"] == 3 and saved["invalid_rate"] == 0.0
 
 
@@ -132,5 +132,5 @@ def test_both_flag_spellings_and_recipe(tmp_path):
     assert result.returncode == 0, result.stderr
     result = _run("--config", str(recipe), "--max-steps", "6", "--output-dir", str(tmp_path / "b"))
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 4
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["steps"] == 6
+    assert json.loads((tmp_path / "a" / ".vlmrl" / "summary.json").read_text())["steps"] == 4
+    assert json.loads((tmp_path / "b" / ".vlmrl" / "summary.json").read_text())["steps"] == 6

@@ -17,6 +17,7 @@ from vlmrl.data import (
     discounted_returns,
     ensure_writable,
     existing_shards,
+    meta_path,
     shard_dir,
     write_dataset_card,
     write_json,
@@ -146,7 +147,7 @@ def collect(args: CollectArguments) -> dict:
         }
     )
     if state.is_main_process:
-        write_json(output_dir / SUMMARY, summary)
+        write_json(meta_path(output_dir, SUMMARY), summary)
         write_dataset_card(
             output_dir,
             title=f"vlmrl episodes: {args.game}, {args.policy} policy",

@@ -57,6 +57,15 @@ def discounted_returns(rewards: list[float] | np.ndarray, gamma: float) -> np.nd
     return out
 
 
+META_DIR = ".vlmrl"
+
+
+def meta_path(dataset_dir: str | Path, name: str) -> Path:
+    """Where a phase keeps its summary and resume records: a hidden folder, which datasets' loader skips
+    (a JSON file beside the shards would be taken for data)."""
+    return Path(dataset_dir) / META_DIR / name
+
+
 def shard_dir(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / "data"
 
@@ -68,7 +77,10 @@ def write_shard(dataset_dir: str | Path, name: str, rows: list[dict[str, Any]], 
     final = directory / f"{name}.parquet"
     tmp = directory / f".{name}.parquet.tmp"
     with _quiet_datasets():
-        Dataset.from_list(rows, features=features).to_parquet(str(tmp))
+        # An empty shard still marks its unit of work done (e.g. every reflection was unusable).
+        table = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
+            {name: [] for name in features}, features=features)
+        table.to_parquet(str(tmp))
     os.replace(tmp, final)
     return final
 
@@ -174,7 +186,7 @@ def ensure_writable(directory: str | Path) -> Path:
 
 def check_manifest(output_dir: Path, name: str, settings: dict[str, Any], what: str) -> None:
     """Refuses to resume into a folder made with other settings; records the settings otherwise."""
-    manifest = Path(output_dir) / name
+    manifest = meta_path(output_dir, name)
     if manifest.exists():
         previous = json.loads(manifest.read_text())
         changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmrl.data import write_json
+from vlmrl.data import meta_path, write_json
 from vlmrl.hub import hub_repo_id
 from vlmrl.results import game_slug, load_results
 
@@ -144,14 +144,14 @@ def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
     k = 1
     while (iteration_dir(exp_dir, k) / "results.json").exists():
         it = iteration_dir(exp_dir, k)
-        trial = _read(it / "episodes" / "summary.json") or {}
+        trial = _read(meta_path(it / "episodes", "summary.json")) or {}
         trial = {key: v for key, v in trial.items() if key != "settings"}
         env_steps_total += int(trial.get("steps", 0))
         iterations.append(
             {
                 "iteration": k,
                 "trial": trial,
-                "reflection": _read(it / "reflections" / "summary.json"),
+                "reflection": _read(meta_path(it / "reflections", "summary.json")),
                 "train": _read(it / "checkpoint" / "train_metrics.json"),
                 "eval": load_results(it / "results.json"),
                 "env_steps_total": env_steps_total,

@@ -71,9 +71,7 @@ def action_class(game_id: str, action: str) -> str:
     try:
         return classes[action.strip().upper()]
     except KeyError:
-        raise ValueError(
-            f"unknown action {action!r} for {game_id}; legal actions are: {', '.join(classes)}"
-        ) from None
+        raise ValueError(f"unknown action {action!r} for {game_id}; legal actions are: {', '.join(classes)}") from None
 
 
 def same_class(game_id: str, a: str, b: str) -> bool:
@@ -99,9 +97,7 @@ class PongState:
 def parse_pong_ram(ram: Sequence[int] | np.ndarray) -> PongState:
     """Read the paddles and the ball from Pong's 128-byte RAM."""
     if len(ram) != RAM_SIZE:
-        raise ValueError(
-            f"Pong RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()"
-        )
+        raise ValueError(f"Pong RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()")
     # int() because numpy uint8 differences wrap around.
     return PongState(
         player_y=int(ram[_PLAYER_Y]), cpu_y=int(ram[_CPU_Y]), ball_x=int(ram[_BALL_X]), ball_y=int(ram[_BALL_Y])
@@ -181,10 +177,8 @@ class PongOracle:
             cls = "stay"
 
         analysis = self._analysis(state, prev is not None, vx, vy, intercept, paddle_v)
-        reasoning = self._reasoning(cls, intercept is not None)
-        return OracleDecision(
-            action=_CLASS_ACTIONS[cls], action_class=cls, analysis=analysis, reasoning=reasoning
-        )
+        reasoning = self._reasoning(cls, intercept is not None, target - state.player_y, paddle_v)
+        return OracleDecision(action=_CLASS_ACTIONS[cls], action_class=cls, analysis=analysis, reasoning=reasoning)
 
     def decide_batch(
         self,
@@ -196,12 +190,10 @@ class PongOracle:
             prev_rams = [None] * len(rams)
         if len(prev_rams) != len(rams):
             raise ValueError(f"got {len(rams)} RAMs but {len(prev_rams)} previous RAMs; pass one per RAM")
-        return [self.decide(ram, prev) for ram, prev in zip(rams, prev_rams)]
+        return [self.decide(ram, prev) for ram, prev in zip(rams, prev_rams, strict=True)]
 
     @staticmethod
-    def _analysis(
-        state: PongState, has_prev: bool, vx: int, vy: int, intercept: float | None, paddle_v: int
-    ) -> str:
+    def _analysis(state: PongState, has_prev: bool, vx: int, vy: int, intercept: float | None, paddle_v: int) -> str:
         paddle = f"My paddle is at y={state.player_y}"
         if paddle_v:
             paddle += f", moving {_vertical(paddle_v)} by {abs(paddle_v)}"
@@ -216,12 +208,18 @@ class PongOracle:
             return f"{ball}, moving {going}{vertical}; it should reach me at y={round(intercept)}. {paddle}."
         return f"{ball}, moving {going}{vertical}. {paddle}."
 
-    @staticmethod
-    def _reasoning(cls: str, intercept_known: bool) -> str:
+    def _reasoning(self, cls: str, intercept_known: bool, offset_now: float, paddle_v: int) -> str:
+        """Why, in one sentence; ``offset_now`` is target minus paddle y (> 0: target below)."""
         where = "where the ball will arrive" if intercept_known else "the middle"
         if cls == "stay":
-            return f"My paddle will be at {where}, so I stay."
-        return f"{where[0].upper()}{where[1:]} is {'above' if cls == 'up' else 'below'} my paddle, so I move {cls}."
+            if abs(offset_now) > self.dead_band:
+                return f"My paddle is already sliding toward {where}, so I stay."
+            return f"My paddle is at {where}, so I stay."
+        side = "above" if cls == "up" else "below"
+        if (offset_now < 0) != (cls == "up"):
+            # Pressing against the target's side: the paddle's momentum would overshoot it.
+            return f"My paddle is sliding {_vertical(paddle_v)} past {where}, so I move {cls}."
+        return f"{where[0].upper()}{where[1:]} is {side} my paddle, so I move {cls}."
 
 
 def get_oracle(game_id: str) -> PongOracle:

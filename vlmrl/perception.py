@@ -355,6 +355,7 @@ class PretrainResult:
     seconds: float
     first_loss: float
     final_loss: float  # mean of the last 50 steps
+    pixels: str  # how pixel values were made: the processor, or /255 after checking it matches the processor
     losses: list[float] = field(repr=False)
 
     def summary(self) -> dict:
@@ -496,7 +497,8 @@ def pretrain_perception(
         steps=config.steps,
         samples=config.steps * config.batch_size,
         seconds=round(time.perf_counter() - start, 1),
-        first_loss=losses[0],
-        final_loss=float(np.mean(losses[-50:])),
+        first_loss=round(losses[0], 4),
+        final_loss=round(float(np.mean(losses[-50:])), 4),
+        pixels="uint8/255, checked equal to the processor's" if pixels.fast else "processor",
         losses=losses,
     )

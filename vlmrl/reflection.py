@@ -21,8 +21,9 @@ from vlmrl.data import (
     discounted_returns,
     ensure_writable,
     existing_shards,
-    load_table,
+    meta_path,
     require_columns,
+    shard_dir,
     write_dataset_card,
     write_json,
     write_shard,
@@ -156,7 +157,7 @@ def reflect(args: ReflectArguments) -> dict:
     features = reflection_features(observation.images_per_observation)
     oracle = get_oracle(args.game) if has_oracle(args.game) else None
     index = _EpisodeIndex(dataset)
-    progress_path = output_dir / PROGRESS
+    progress_path = meta_path(output_dir, PROGRESS)
     invalid_by_chunk = json.loads(progress_path.read_text()) if progress_path.exists() else {}
     done = set(existing_shards(output_dir))
     chunks = [chosen[i : i + CHUNK] for i in range(0, len(chosen), CHUNK)]
@@ -245,7 +246,7 @@ def reflect(args: ReflectArguments) -> dict:
         }
     )
     summary["iteration"] = iteration
-    write_json(output_dir / SUMMARY, summary)
+    write_json(meta_path(output_dir, SUMMARY), summary)
     write_dataset_card(output_dir, title=f"vlmrl reflections: {args.game}, {args.reflector} reflector",
                        body=reflections_card_body(args, summary), tags=["reflections"])
     return summary
@@ -253,12 +254,17 @@ def reflect(args: ReflectArguments) -> dict:
 
 def summarize(output_dir: str | Path, game_id: str) -> dict:
     """Counts and accuracy read back from the written reflections."""
+    import pyarrow.parquet as pq
+
     from vlmrl.oracle import has_oracle, same_class
 
-    if not existing_shards(output_dir):
-        return {"reflected": 0, "changed_action_rate": None, "accuracy": None}
-    table = load_table(output_dir).select_columns(["action_taken", "correct_action", "oracle_action"])
-    taken, corrected, oracle = table["action_taken"], table["correct_action"], table["oracle_action"]
+    columns = ["action_taken", "correct_action", "oracle_action"]
+    taken, corrected, oracle = [], [], []
+    for path in sorted(shard_dir(output_dir).glob("*.parquet")):
+        table = pq.read_table(path, columns=columns)
+        taken += table.column("action_taken").to_pylist()
+        corrected += table.column("correct_action").to_pylist()
+        oracle += table.column("oracle_action").to_pylist()
     changed = None
     if corrected and has_oracle(game_id):
         changed = sum(not same_class(game_id, a, b) for a, b in zip(taken, corrected, strict=True)) / len(corrected)
