@@ -109,6 +109,7 @@ def test_momentum_coasting_paddle_stays_and_overshooting_paddle_brakes():
     ram, prev = step_pair(player_y=95, ball_x=120, ball_y=100, vx=4, vy=0, paddle_v=22)
     decision = PongOracle().decide(ram, prev)
     assert decision.action_class == "up"
+    assert decision.reasoning == "My paddle is sliding down past where the ball will arrive, so I move up."
     # A paddle at rest the same 15 short does move.
     ram, prev = step_pair(player_y=78, ball_x=120, ball_y=100, vx=4, vy=0)
     assert PongOracle().decide(ram, prev).action_class == "down"

@@ -68,6 +68,22 @@ def test_evaluation_protocol_matches_training_observations():
     assert 0.0 <= evaluation["oracle_agreement"] <= 1.0
 
 
+def test_evaluation_sees_exactly_what_training_sees():
+    # Same seed, same actions: the plain-env evaluation must show the policy the very arrays
+    # the training VecEnv (make_vec_env + VecFrameStack) would, sticky actions included.
+    policy = _ConstantPolicy(action=3)
+    evaluate_sb3_policy(policy, "ALE/Pong-v5", [123], max_steps=60)
+    venv = rl_baseline.make_training_env("ALE/Pong-v5", num_envs=1, seed=123)
+    try:
+        training_observations = [venv.reset()]
+        for _ in range(len(policy.observations) - 1):
+            training_observations.append(venv.step(np.array([3]))[0])
+    finally:
+        venv.close()
+    for step, (seen, trained) in enumerate(zip(policy.observations, training_observations, strict=True)):
+        assert np.array_equal(seen, trained), f"observations differ at step {step}"
+
+
 def test_evaluation_is_reproducible_per_seed():
     first = evaluate_sb3_policy(_ConstantPolicy(2), "ALE/Pong-v5", [1_000_000, 1_000_001], max_steps=100)
     again = evaluate_sb3_policy(_ConstantPolicy(2), "ALE/Pong-v5", [1_000_000, 1_000_001], max_steps=100)

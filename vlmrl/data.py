@@ -118,10 +118,14 @@ def write_dataset_card(dataset_dir: str | Path, *, title: str, body: str, tags: 
 
 def load_table(dataset_dir: str | Path) -> Dataset:
     """Loads a local dataset folder written by vlmrl (all shards, one split)."""
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
     files = sorted(str(p) for p in shard_dir(dataset_dir).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no dataset shards under {shard_dir(dataset_dir)}")
-    from datasets import load_dataset
+    if sum(pq.read_metadata(f).num_rows for f in files) == 0:
+        raise ValueError(f"the dataset at {dataset_dir} is empty (its shards hold no rows)")
 
     return load_dataset("parquet", data_files=files, split="train")
 
@@ -133,7 +137,10 @@ def load_any(reference: str, *, config: str | None = None, revision: str | None 
     path = Path(reference).expanduser()
     if path.exists():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-            return load_from_disk(str(path))
+            try:
+                return load_from_disk(str(path))
+            except (IndexError, ValueError, OSError) as err:  # e.g. a saved dataset with no rows
+                raise ValueError(f"could not read the dataset at {reference}: {err!r} (is it empty?)") from None
         if shard_dir(path).is_dir():
             return load_table(path)
         raise FileNotFoundError(f"{reference!r} is a folder but holds no dataset (expected data/*.parquet)")

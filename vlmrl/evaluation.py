@@ -10,12 +10,13 @@ from PIL import Image
 
 from vlmrl.collection import build_policy
 from vlmrl.configs import EvaluateArguments
-from vlmrl.data import ensure_writable, write_json
+from vlmrl.data import ensure_writable, meta_path, write_json
 from vlmrl.env import AtariBatch
 from vlmrl.results import build_results, eval_seeds, write_results
 from vlmrl.rollout import EpisodeRecord, play_episodes
 
 RESULTS = "results.json"
+TRAIN_MANIFEST = "vlmrl_train.json"  # marks a checkpoint written by train.py
 
 
 def oracle_agreement(game_id: str, episodes: list[EpisodeRecord]) -> float | None:
@@ -78,7 +79,7 @@ def evaluate(args: EvaluateArguments) -> dict:
     )
     write_results(output_dir / RESULTS, results)
     card = Path(args.model or "") / "README.md"
-    if args.policy == "model" and card.exists() and (card.parent / "vlmrl_train.json").exists():
+    if args.policy == "model" and card.exists() and meta_path(card.parent, TRAIN_MANIFEST).exists():
         from vlmrl.hub import add_eval_results_to_card
 
         add_eval_results_to_card(card, results)

@@ -1,8 +1,8 @@
 """A scripted expert for Pong that reads the console RAM: the teacher that labels frames.
 
 The policy predicts where the ball will cross the player's paddle (bouncing off the walls),
-aims the paddle a few units off its centre there, and decides on where the paddle *will*
-be next step rather than where it is: the paddle has momentum (ALE drives Pong's paddle
+aims the paddle's middle (or ``aim_offset`` off it) there, and decides on where the paddle
+will come to rest rather than where it is: the paddle has momentum (ALE drives Pong's paddle
 controller, and the game smooths it), so "move toward the ball" overshoots and loses
 (FACTS.md: -14 with sticky actions). Every decision is a pure function of this step's RAM
 and the previous step's, so labels can be recomputed from stored RAM alone.
@@ -133,16 +133,19 @@ def _vertical(dy: float) -> str:
 
 @dataclass(frozen=True)
 class PongOracle:
-    """The RAM policy: intercept prediction, off-centre aim, dead band and momentum look-ahead."""
+    """The RAM policy: intercept prediction, aim, dead band and momentum look-ahead."""
 
-    # Aim so the ball meets the paddle this far from its middle (toward the paddle's top
-    # when negative): an off-centre hit sends the ball back at a steeper angle.
+    # Aim so the ball meets the paddle this far below its middle (above when negative).
+    # Hits near the paddle's top edge send the ball back steeply and win ~half the time,
+    # middle hits never do; but hits land up to a dead band either side of the aim, and
+    # off-centre aims (-5, -3, +4, +8) missed more than they won in play.
     aim_offset: int = 0
-    # No move while the predicted paddle position is within this of the target: moving
-    # for a small error overshoots by more than the error.
-    dead_band: int = 9
-    # Fraction of this step's paddle velocity assumed still to come (its momentum).
-    momentum: float = 1.0
+    # No move while the paddle's predicted resting place is within this of the target:
+    # one press moves it ~22, so half of that is as close as pressing can get.
+    dead_band: int = 11
+    # Fraction of this step's paddle velocity still to come once the buttons are released
+    # (measured: a paddle moving 22 a step coasts ~16 more).
+    momentum: float = 0.75
 
     game_id: str = "ALE/Pong-v5"
 
@@ -153,7 +156,7 @@ class PongOracle:
         state = parse_pong_ram(ram)
         prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
         paddle_v = state.player_y - prev.player_y if prev is not None else 0
-        paddle_next = state.player_y + self.momentum * paddle_v
+        paddle_rest = state.player_y + self.momentum * paddle_v
 
         ball_known = state.ball_in_play and prev is not None and prev.ball_in_play
         vx = state.ball_x - prev.ball_x if ball_known else 0
@@ -168,7 +171,7 @@ class PongOracle:
             target_ball_y = CENTRE_BALL_Y
         target = target_ball_y - PADDLE_CENTRE_OFFSET + self.aim_offset
         target = min(max(target, PADDLE_MIN_Y), PADDLE_MAX_Y)
-        error = target - paddle_next  # > 0: the paddle must go down
+        error = target - paddle_rest  # > 0: the paddle must go down
         if error > self.dead_band:
             cls = "down"
         elif error < -self.dead_band:
@@ -215,10 +218,11 @@ class PongOracle:
             if abs(offset_now) > self.dead_band:
                 return f"My paddle is already sliding toward {where}, so I stay."
             return f"My paddle is at {where}, so I stay."
-        side = "above" if cls == "up" else "below"
-        if (offset_now < 0) != (cls == "up"):
-            # Pressing against the target's side: the paddle's momentum would overshoot it.
+        direction = -1 if cls == "up" else 1
+        if offset_now * direction <= self.dead_band:
+            # The target is not (far) that way: the press is a brake against momentum.
             return f"My paddle is sliding {_vertical(paddle_v)} past {where}, so I move {cls}."
+        side = "above" if cls == "up" else "below"
         return f"{where[0].upper()}{where[1:]} is {side} my paddle, so I move {cls}."
 
 

@@ -15,7 +15,7 @@ import torch
 from datasets import concatenate_datasets
 
 from vlmrl.configs import ObservationArguments
-from vlmrl.data import check_manifest, require_columns, write_json
+from vlmrl.data import check_manifest, meta_path, require_columns, write_json
 from vlmrl.hub import load_dataset_reference
 
 MANIFEST = "vlmrl_train.json"
@@ -90,7 +90,7 @@ def apply_device_defaults(training_args) -> None:
 
 
 def _check_output_dir(output_dir: Path, settings: dict) -> None:
-    manifest = output_dir / MANIFEST
+    manifest = meta_path(output_dir, MANIFEST)
     if not manifest.exists() and (output_dir / "config.json").exists():
         raise ValueError(
             f"{output_dir} already holds a model that vlmrl's train.py did not write; use another --output-dir"

@@ -1,0 +1,130 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trl import ModelConfig, SFTConfig
+
+import vlmrl.collection as collection
+from vlmrl.cli import parse
+from vlmrl.configs import CollectArguments, ReflectArguments
+from vlmrl.reflection import reflect
+from vlmrl.training import TrainScriptArguments, cpu_defaults, train
+
+ROOT = Path(__file__).resolve().parent.parent
+MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
+
+
+@pytest.fixture(scope="module")
+def reflections(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("data")
+    collection.collect(CollectArguments(policy="model", model=tiny_model, episodes=2, max_steps=24, num_envs=2,
+                                        output_dir=str(root / "ep"), progress=False, **MOTION))
+    reflect(ReflectArguments(episodes=str(root / "ep"), reflector="oracle", reflect_on="all", reflection_rate=1.0,
+                             output_dir=str(root / "refl"), progress=False, **MOTION))
+    return str(root / "refl")
+
+
+def _args(argv):
+    return parse((TrainScriptArguments, SFTConfig, ModelConfig), argv=argv, defaults=cpu_defaults())
+
+
+def _base_argv(tiny_model, reflections, out, *extra):
+    return ["--model_name_or_path", tiny_model, "--reflections", reflections, "--output_dir", str(out),
+            "--per_device_train_batch_size", "8", "--learning_rate", "2e-3", "--logging_steps", "1",
+            "--report_to", "none", "--frames", "2", "--encoding", "motion", "--crop", "true", "--image_size", "128",
+            "--disable_tqdm", "true", *extra]
+
+
+def test_training_lowers_the_loss_and_the_checkpoint_plays(tmp_path, tiny_model, reflections):
+    out = tmp_path / "ckpt"
+    metrics = train(*_args(_base_argv(tiny_model, reflections, out, "--num_train_epochs", "3", "--save_strategy",
+                                      "no")))
+    assert metrics["samples"] == 48 and metrics["global_steps"] == 18
+    assert metrics["last_logged_loss"] < metrics["first_logged_loss"]
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
+        assert (out / name).exists(), name
+    card = (out / "README.md").read_text()
+    assert tiny_model in card and "iteration" in card.lower()
+    # The checkpoint loads and acts in collect.py.
+    summary = collection.collect(CollectArguments(policy="model", model=str(out), episodes=1, max_steps=5,
+                                                  num_envs=1, output_dir=str(tmp_path / "play"), progress=False,
+                                                  **MOTION))
+    assert summary["steps"] == 5 and summary["invalid_rate"] == 0.0
+
+
+def test_lora_path_merges_into_a_plain_checkpoint(tmp_path, tiny_model, reflections):
+    out = tmp_path / "lora"
+    metrics = train(*_args(_base_argv(tiny_model, reflections, out, "--num_train_epochs", "1", "--use_peft", "true",
+                                      "--lora_r", "4", "--save_strategy", "no")))
+    assert metrics["lora"] is True
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_recipe_yaml_overridden_from_the_cli(tmp_path):
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text("num_train_epochs: 7\nlearning_rate: 1.0e-4\nper_device_train_batch_size: 3\nframes: 2\n"
+                      "encoding: motion\nreflections: [a, b]\n")
+    script, training, model = _args(["--config", str(recipe), "--learning_rate", "3e-3", "--output_dir",
+                                     str(tmp_path / "o"), "--model_name_or_path", "m"])
+    assert training.num_train_epochs == 7 and training.learning_rate == 3e-3
+    assert training.per_device_train_batch_size == 3 and script.encoding == "motion"
+    assert script.reflections == ["a", "b"] and model.model_name_or_path == "m"
+    assert not training.bf16  # no GPU here: fp32 without the user asking
+
+
+def test_resume_from_the_last_checkpoint(tmp_path, tiny_model, reflections):
+    out = tmp_path / "resume"
+    argv = _base_argv(tiny_model, reflections, out, "--num_train_epochs", "2", "--save_strategy", "steps",
+                      "--save_steps", "6")
+    train(*_args([*argv, "--max_steps", "6"]))  # an interrupted run: stopped after step 6, checkpoint-6 saved
+    assert (out / "checkpoint-6").is_dir()
+    metrics = train(*_args(argv))
+    assert metrics["resumed_from"].endswith("checkpoint-6") and metrics["global_steps"] == 12
+
+
+def _run_train(*argv):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_bad_inputs_get_clear_messages(tmp_path, tiny_model, reflections):
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "malformed"))
+    from vlmrl.data import write_shard
+    from vlmrl.reflection import reflection_features
+
+    write_shard(tmp_path / "empty", "reflections-00000", [], reflection_features(1))
+    cases = [
+        (["--reflections", str(tmp_path / "malformed")], "lacks columns"),
+        (["--reflections", str(tmp_path / "empty")], "empty"),
+        (["--reflections", str(tmp_path / "missing")], "does not exist"),
+    ]
+    for extra, message in cases:
+        result = _run_train("--model_name_or_path", tiny_model, "--output_dir", str(tmp_path / "o"), *extra)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    result = _run_train("--model_name_or_path", tiny_model, "--reflections", reflections, "--output_dir", str(other))
+    assert result.returncode == 2 and "did not write" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo(tmp_path, tiny_model, reflections):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "ddp"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "train.py",
+           *_base_argv(tiny_model, reflections, out, "--num_train_epochs", "1", "--save_strategy", "no")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    # 48 samples, batch 8 per process, 2 processes: 3 optimizer steps.
+    assert metrics["global_steps"] == 3
