@@ -25,14 +25,16 @@ EVAL_MAX_STEPS ?=
 HUB ?=
 LAUNCH ?=
 
-EXP_DIR := data/experiments/$(EXP)
+EXPERIMENTS ?= data/experiments
+EXP_DIR := $(EXPERIMENTS)/$(EXP)
 OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
 	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)")
-PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --recipe $(RECIPE) $(OVERRIDES)
-BASE_DEP := $(if $(findstring tiny,$(RECIPE)),$(TINY_MODEL)/config.json)
+PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
+# The tiny recipe's base model is built here; other recipes' come from the Hub.
+BASE_DEP ?= $(if $(findstring tiny-smolvlm,$(RECIPE)),$(TINY_MODEL)/config.json)
 prev = $(shell echo $$(($(1)-1)))
 model_dep = $(if $(filter 1,$(1)),$(BASE_DEP),$(EXP_DIR)/iteration_$(call prev,$(1))/checkpoint/train_metrics.json)
 
@@ -88,14 +90,14 @@ $(EXP_DIR)/iteration_%/results.json: $(EXP_DIR)/iteration_%/checkpoint/train_met
 	$(PHASE) evaluate --iteration $*
 
 iteration: $(EXP_DIR)/iteration_$(N)/results.json
-	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --recipe $(RECIPE)
+	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 experiment: $(EXP_DIR)/iteration_0/results.json
 	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k || exit $$?; done
-	$(PY) -m vlmrl.experiment report --exp $(EXP) --recipe $(RECIPE)
+	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 report: | $(STAMP)
-	$(PY) -m vlmrl.experiment report --exp $(EXP) --recipe $(RECIPE)
+	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 # The quick run: the base model's evaluation, then 2 iterations of 10 episodes, tiny recipe, oracle teacher.
 demo: tiny-model reference

@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+
+from vlmrl.agent import Decision
+from vlmrl.configs import EvaluateArguments
+from vlmrl.evaluation import evaluate, oracle_agreement
+from vlmrl.results import RESULTS_KEYS, eval_seeds
+from vlmrl.rollout import EpisodeRecord, StepRecord
+
+MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
+
+
+def _ram(ball_x, ball_y, paddle_y):
+    ram = np.zeros(128, np.uint8)
+    ram[49], ram[54], ram[51] = ball_x, ball_y, paddle_y
+    return ram
+
+
+def test_oracle_agreement_on_a_known_case():
+    from vlmrl.oracle import get_oracle
+
+    oracle = get_oracle("ALE/Pong-v5")
+    rams = [_ram(150, 80, 150), _ram(150, 200, 60), _ram(150, 120, 113)]
+    prevs = [_ram(140, 80, 150), _ram(140, 200, 60), _ram(140, 120, 113)]
+    truth = [oracle.decide(r, p).action for r, p in zip(rams, prevs, strict=True)]
+    assert truth[0] == "RIGHT" and truth[1] == "LEFT"  # ball far above / far below the paddle
+    # Agree on the first two by class (RIGHTFIRE is up like RIGHT), disagree on the third.
+    wrong = "LEFT" if truth[2] != "LEFT" else "RIGHT"
+    actions = ["RIGHTFIRE", "LEFTFIRE", wrong]
+    steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
+             for r, p, a in zip(rams, prevs, actions, strict=True)]
+    assert oracle_agreement("ALE/Pong-v5", [EpisodeRecord(0, 0, steps)]) == pytest.approx(2 / 3)
+    assert oracle_agreement("ALE/Breakout-v5", [EpisodeRecord(0, 0, steps)]) is None
+
+
+def test_random_policy_results_follow_the_schema(tmp_path):
+    results = evaluate(EvaluateArguments(policy="random", episodes=3, max_steps=40, num_envs=3,
+                                         output_dir=str(tmp_path), progress=False))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(RESULTS_KEYS) <= set(saved) and saved == results
+    assert saved["seeds"] == eval_seeds(3) and min(saved["seeds"]) >= 1_000_000  # never a collection seed
+    assert saved["episodes"] == 3 and len(saved["returns"]) == 3 and saved["env_steps"] == 120
+    assert saved["mean_return"] == pytest.approx(np.mean(saved["returns"]))
+    low, high = saved["ci95"]
+    assert low <= saved["mean_return"] <= high
+    assert min(saved["returns"]) <= low + 1e-9 or low >= min(saved["returns"])
+    assert saved["human_normalized"] == pytest.approx((saved["mean_return"] + 20.7) / (14.6 + 20.7))
+    assert 0.0 <= saved["oracle_agreement"] <= 1.0 and saved["invalid_rate"] == 0.0
+    assert (tmp_path / "episode.gif").exists() and saved["video"].endswith("episode.gif")
+
+
+def test_tiny_model_evaluation_and_card(tmp_path, tiny_model):
+    results = evaluate(EvaluateArguments(model=tiny_model, episodes=2, max_steps=20, num_envs=2,
+                                         output_dir=str(tmp_path), progress=False, video=False, **MOTION))
+    assert results["model"] == tiny_model and results["policy"] == "model" and results["video"] is None
+    assert results["env_steps"] == 40 and results["steps_per_s"] > 0
+
+
+def test_evaluation_flags_are_checked():
+    with pytest.raises(ValueError, match="--episodes must be >= 1"):
+        EvaluateArguments(policy="random", episodes=0)
+    with pytest.raises(ValueError, match="--probe"):
+        EvaluateArguments(policy="random", probe="audio")

@@ -1,0 +1,118 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vlmrl.experiment import build_summary, format_table, phase_command, plot_learning_curve
+from vlmrl.results import build_results, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _results(returns, agreement):
+    return build_results(model="m", game="ALE/Pong-v5", policy="model", seeds=list(range(len(returns))),
+                         returns=returns, oracle_agreement=agreement, invalid_rate=0.0, env_steps=100,
+                         steps_per_s=10.0, video=None)
+
+
+def _recipe(tmp_path, base_model):
+    recipe = tmp_path / "recipe"
+    shutil.copytree(ROOT / "recipes" / "tiny-smolvlm" / "pong", recipe)
+    (recipe / "experiment.yaml").write_text(f"base_model: {base_model}\ngame: ALE/Pong-v5\nreflections_window: 2\n")
+    return recipe
+
+
+def test_summary_with_two_iterations(tmp_path):
+    exp = tmp_path / "exp"
+    write_results(exp / "iteration_0" / "results.json", _results([-21, -20], 0.3))
+    for k, (ret, steps) in enumerate([([-15, -13], 500), ([-8, -6], 700)], start=1):
+        it = exp / f"iteration_{k}"
+        write_results(it / "results.json", _results(ret, 0.3 + 0.2 * k))
+        (it / "episodes" / ".vlmrl").mkdir(parents=True)
+        (it / "episodes" / ".vlmrl" / "summary.json").write_text(json.dumps({"steps": steps, "mean_return": -20}))
+        (it / "reflections" / ".vlmrl").mkdir(parents=True)
+        (it / "reflections" / ".vlmrl" / "summary.json").write_text(json.dumps({"reflected": steps, "accuracy": 1.0}))
+        (it / "checkpoint").mkdir()
+        (it / "checkpoint" / "train_metrics.json").write_text(json.dumps({"train_loss": 1.0 / k}))
+    summary = build_summary(exp, "recipes/x")
+    its = summary["iterations"]
+    assert [e["iteration"] for e in its] == [0, 1, 2]
+    assert set(its[0]) == {"iteration", "eval"}
+    assert set(its[1]) == {"iteration", "trial", "reflection", "train", "eval", "env_steps_total"}
+    assert [e.get("env_steps_total") for e in its[1:]] == [500, 1200]
+    assert its[2]["eval"]["mean_return"] == -7.0 and its[2]["train"]["train_loss"] == 0.5
+    table = format_table(summary)
+    assert table.count("\n") == 4 and "| 2 | 1200 |" in table
+    png = plot_learning_curve(summary, {"random": _results([-20.7], None)}, tmp_path / "curve.png")
+    assert png.stat().st_size > 1000
+
+
+def test_phase_commands_chain_the_iterations(tmp_path):
+    recipe = _recipe(tmp_path, "base-model-path")
+    exp = tmp_path / "exp"
+    collect1 = phase_command("collect", exp_dir=exp, recipe=recipe, k=1, overrides={"episodes": "3"})
+    assert collect1[collect1.index("--model") + 1] == "base-model-path" and "--episodes" in collect1
+    collect2 = phase_command("collect", exp_dir=exp, recipe=recipe, k=2, overrides={})
+    assert collect2[collect2.index("--model") + 1] == str(exp / "iteration_1" / "checkpoint")
+    assert collect1[collect1.index("--seed") + 1] != collect2[collect2.index("--seed") + 1]
+    train3 = phase_command("train", exp_dir=exp, recipe=recipe, k=3, overrides={"lr": "1e-3", "hub": "u/p"})
+    assert train3[train3.index("--reflections") + 1] == ",".join(
+        str(exp / f"iteration_{j}" / "reflections") for j in (2, 3))  # the window of 2
+    assert train3[train3.index("--learning_rate") + 1] == "1e-3" and "u/p" in train3
+    base_eval = phase_command("evaluate", exp_dir=exp, recipe=recipe, k=0, overrides={})
+    assert base_eval[base_eval.index("--model") + 1] == "base-model-path"
+
+
+def _make(tmp_path, recipe, *targets, **variables):
+    venv_python = Path(sys.executable)
+    args = ["make", "--no-print-directory", *targets, f"PY={venv_python}", "BASE_DEP=",
+            f"EXPERIMENTS={tmp_path / 'experiments'}", f"RECIPE={recipe}", "EXP=t", "EPISODES=2", "MAX_STEPS=12",
+            "EPOCHS=1", "EVAL_EPISODES=2", "EVAL_MAX_STEPS=12", *[f"{k}={v}" for k, v in variables.items()]]
+    return args
+
+
+needs_venv = pytest.mark.skipif(not (ROOT / ".venv" / ".vlmrl-installed").exists(), reason="make install first")
+
+
+@pytest.mark.slow
+@needs_venv
+def test_make_iteration_one_and_two_end_to_end(tmp_path, tiny_model):
+    recipe = _recipe(tmp_path, tiny_model)
+    for n in (1, 2):
+        result = subprocess.run(_make(tmp_path, recipe, "iteration", N=n), cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp = tmp_path / "experiments" / "t"
+    summary = json.loads((exp / "experiment_summary.json").read_text())
+    assert [e["iteration"] for e in summary["iterations"]] == [1, 2]
+    assert summary["iterations"][1]["env_steps_total"] == 48
+    ckpt2 = exp / "iteration_2" / "checkpoint"
+    assert "iteration_1/checkpoint" in (ckpt2 / ".vlmrl" / "vlmrl_train.json").read_text()
+
+
+@pytest.mark.slow
+@needs_venv
+def test_killed_iteration_resumes_where_it_stopped(tmp_path, tiny_model):
+    recipe = _recipe(tmp_path, tiny_model)
+    exp = tmp_path / "experiments" / "t"
+    proc = subprocess.Popen(_make(tmp_path, recipe, "iteration", N=1), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    reflections = exp / "iteration_1" / "reflections" / ".vlmrl" / "summary.json"
+    deadline = time.time() + 300
+    while not reflections.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert reflections.exists(), "reflection never finished"
+    os.killpg(proc.pid, signal.SIGKILL)  # killed while training
+    proc.wait()
+    assert not (exp / "iteration_1" / "results.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (exp / "iteration_1").glob("*/.vlmrl/summary.json")}
+    result = subprocess.run(_make(tmp_path, recipe, "iteration", N=1), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "collect --iteration" not in result.stdout and "reflect --iteration" not in result.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished phases untouched
+    assert (exp / "iteration_1" / "results.json").exists()
