@@ -73,7 +73,8 @@ def load_reflections(references: list[str]):
 
 def cpu_defaults() -> dict:
     """Without a GPU, train on the CPU in fp32 without the user saying so (a recipe's bf16 is then ignored)."""
-    return {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}
+    # TRL turns gradient checkpointing on by default: on a CPU it only re-computes the forward (~1.5x slower).
+    return {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
 
 
 def apply_device_defaults(training_args) -> None:
@@ -84,7 +85,6 @@ def apply_device_defaults(training_args) -> None:
     else:
         training_args.bf16 = False
         training_args.fp16 = False
-        training_args.gradient_checkpointing = False
     # Truncating image tokens breaks Idefics3 (FACTS): never cut a sequence.
     training_args.max_length = None
 
