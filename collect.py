@@ -10,7 +10,11 @@ from vlmrl.configs import CollectArguments
 
 
 def main(args: CollectArguments) -> dict:
+    from accelerate import PartialState
+
     summary = collect(args)
+    if not PartialState().is_main_process:  # under accelerate launch: the main process reports and pushes
+        return summary
     print(format_summary(summary))
     print(f"episodes written to {args.output_dir}")
     if args.push_to_hub:

@@ -141,7 +141,7 @@ def collect(args: CollectArguments) -> dict:
             "requested_episodes": args.episodes,
             "resumed_episodes": len(done),
             "new_steps": new_steps,
-            "steps_per_s": new_steps / elapsed if new_steps else None,
+            "steps_per_s": new_steps / elapsed if new_steps else None,  # this process's own rate
             "wall_s": elapsed,
             "settings": {k: v for k, v in asdict(args).items() if k != "push_to_hub"},
         }
