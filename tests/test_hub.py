@@ -32,7 +32,7 @@ from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 from PIL import Image
 
 from vlmrl import hub
-from vlmrl.data import EPISODE_FEATURES, load_any, write_dataset_card, write_json, write_shard
+from vlmrl.data import EPISODE_FEATURES, load_any, meta_path, write_dataset_card, write_json, write_shard
 from vlmrl.hub import (
     HubPushError,
     add_eval_results_to_card,
@@ -225,7 +225,7 @@ def make_episodes(folder: Path, iteration: int, episodes: int = 2, steps: int = 
     write_dataset_card(folder, title="vlmrl episodes: ALE/Pong-v5, random policy",
                        body=f"Episodes of ALE/Pong-v5 played by the random policy (iteration {iteration}).",
                        tags=["episodes"])
-    write_json(folder / "summary.json", {"episodes": episodes, "iteration": iteration})
+    write_json(meta_path(folder, "summary.json"), {"episodes": episodes, "iteration": iteration})
     return folder
 
 
@@ -281,7 +281,7 @@ def test_a_pushed_dataset_is_what_the_next_phase_loads(fake_hub, tmp_path):
     assert url == f"https://huggingface.co/datasets/{EPISODES_REPO}"
     served = fake_hub.files(EPISODES_REPO, "dataset")
     assert {"README.md", "iteration-1/episode-000000.parquet", "iteration-1/episode-000001.parquet",
-            "iteration-1/summary.json"} <= set(served)
+            "iteration-1/.vlmrl/summary.json"} <= set(served)
     assert [c["message"] for c in fake_hub.commits] == ["vlmrl: iteration-1 (2 shards from episodes)"]
 
     # What was uploaded is what datasets understands: the config named in the README's YAML.
@@ -321,7 +321,7 @@ def test_a_repush_replaces_its_config_and_keeps_the_rest(fake_hub, tmp_path):
     push_dataset_dir(first, EPISODES_REPO, config_name="iteration-1")
     served = fake_hub.files(EPISODES_REPO, "dataset")
     assert sorted(f for f in served if f.startswith("iteration-1/")) == [
-        "iteration-1/episode-000000.parquet", "iteration-1/summary.json"]
+        "iteration-1/.vlmrl/summary.json", "iteration-1/episode-000000.parquet"]
     assert "iteration-2/episode-000001.parquet" in served
     card = DatasetCard.load(readme)
     assert [c["config_name"] for c in card.data.configs] == ["iteration-1", "iteration-2"]
