@@ -12,11 +12,12 @@ Coordinates are the RAM's own: y grows downward, x grows toward the player (righ
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from vlmrl.env import game_name
 
 # Pong's minimal action set (ALE): RIGHT moves the player's paddle up, LEFT down.
 ACTION_CLASSES: dict[str, str] = {
@@ -47,10 +48,7 @@ CENTRE_BALL_Y = (WALL_TOP_Y + WALL_BOTTOM_Y) / 2
 
 def _game_of(game_id: str) -> str:
     """'ALE/Pong-v5', 'PongNoFrameskip-v4', 'ALE/Pong-ram-v5' -> 'pong'."""
-    name = game_id.split("/")[-1]
-    name = re.sub(r"-v\d+$", "", name)
-    name = re.sub(r"(NoFrameskip|Deterministic)$", "", name)
-    return name.removesuffix("-ram").lower()
+    return game_name(game_id).lower()
 
 
 def _no_oracle_error(game_id: str) -> ValueError:

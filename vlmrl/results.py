@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmrl.env import game_name
+
 # (random, human) episode returns from the Atari-57 literature tables (Mnih et al. 2015,
 # Badia et al. 2020 "Agent57", as used by rliable and the Atari 100k benchmark).
 HUMAN_RANDOM_SCORES: dict[str, tuple[float, float]] = {
@@ -74,13 +76,6 @@ EVAL_SEED_OFFSET = 1_000_000
 
 class ResultsSchemaError(ValueError):
     """A results.json that lacks a key or holds a value of the wrong kind."""
-
-
-def game_name(game_id: str) -> str:
-    """'ALE/Pong-v5', 'PongNoFrameskip-v4' or 'Pong' -> 'Pong'."""
-    name = game_id.split("/")[-1]
-    name = re.sub(r"-v\d+$", "", name)
-    return re.sub(r"(NoFrameskip|Deterministic)$", "", name)
 
 
 def game_slug(game_id: str) -> str:
