@@ -10,6 +10,7 @@
 Prints one JSON object (keys include speedup_vs_seed and fraction_of_forward_bound).
 """
 
+# ruff: noqa: I001  (vlmrl is imported before torch on purpose)
 from __future__ import annotations
 
 import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)

@@ -7,6 +7,7 @@ Each side runs in its own process so its peak memory (max RSS) is its own.
 Prints one JSON object with samples/s and peak memory of both, and speedup_vs_trl (ours / plain).
 """
 
+# ruff: noqa: I001  (vlmrl is imported before torch on purpose)
 from __future__ import annotations
 
 import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)

@@ -40,7 +40,8 @@ def test_steps_are_ordered_within_episodes_whatever_the_row_order():
 
 def test_reflection_accuracy_on_a_known_case():
     # RIGHTFIRE is the same class (up) as RIGHT; one of three disagrees; rows without oracle are skipped.
-    acc = reflection_accuracy("ALE/Pong-v5", ["RIGHTFIRE", "LEFT", "NOOP", "LEFT"], ["RIGHT", "LEFTFIRE", "RIGHT", None])
+    corrected = ["RIGHTFIRE", "LEFT", "NOOP", "LEFT"]
+    acc = reflection_accuracy("ALE/Pong-v5", corrected, ["RIGHT", "LEFTFIRE", "RIGHT", None])
     assert acc == pytest.approx(2 / 3)
     assert reflection_accuracy("ALE/Pong-v5", ["LEFT"], [None]) is None
 

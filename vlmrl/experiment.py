@@ -239,7 +239,8 @@ def format_table(summary: dict) -> str:
         rows.append(
             f"| {e['iteration']} | {e.get('env_steps_total', 0)} | "
             f"{_fmt(trial.get('mean_return'), '+.2f')} | {refl.get('reflected', '-')} | {_fmt(acc, '.3f')} | "
-            f"{_fmt(train.get('train_loss'), '.3f')} | {ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
+            f"{_fmt(train.get('train_loss'), '.3f')} | "
+            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
             f"| {_fmt(agreement, '.3f')} | {ev['invalid_rate']:.1%} |"
         )
     return "\n".join(rows)

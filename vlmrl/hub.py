@@ -481,7 +481,8 @@ def push_dataset_dir(local_dir: str | Path, repo_id: str, *, config_name: str, t
         card = merge_dataset_card(local_card, remote_card, repo_id=repo_id, config_name=config_name)
         # The collection's summary and settings travel with the shards: they are the record of the run.
         additions = [CommitOperationAdd(f"{config_name}/{p.name}", p) for p in shards]
-        additions += [CommitOperationAdd(f"{config_name}/.vlmrl/{p.name}", p) for p in sorted((local_dir / ".vlmrl").glob("*.json"))]
+        records = sorted((local_dir / ".vlmrl").glob("*.json"))
+        additions += [CommitOperationAdd(f"{config_name}/.vlmrl/{p.name}", p) for p in records]
         additions.append(CommitOperationAdd("README.md", str(card).encode()))
         added = {op.path_in_repo for op in additions}
         # A re-push replaces the config: shards the local folder no longer has must not mix in.

@@ -142,7 +142,8 @@ def build_reflector(spec: str, *, game_id: str, actions: list[str], observation:
         from vlmrl.oracle import has_oracle
 
         if not has_oracle(game_id):
-            raise ValueError(f"the oracle reflector needs a game with an oracle; {game_id} has none (use self or model:)")
+            raise ValueError(
+                f"the oracle reflector needs a game with an oracle; {game_id} has none (use self or model:)")
         return OracleReflector(game_id)
     if spec == "self":
         if not acting_model or acting_model in ("random", "oracle"):

@@ -30,7 +30,7 @@ class TrainScriptArguments(ObservationArguments):
 
     reflections: list[str] = field(
         default_factory=list,
-        metadata={"help": "reflections datasets (local folders or Hub ids); earlier iterations' too, to avoid forgetting"},
+        metadata={"help": "reflections datasets (folders or Hub ids); earlier iterations' too, against forgetting"},
     )
     iteration: int = field(default=1, metadata={"help": "loop iteration, recorded in the model card"})
     game: str = field(default="ALE/Pong-v5", metadata={"help": "the game, recorded in the model card"})
@@ -67,7 +67,8 @@ def load_reflections(references: list[str]):
             raise ValueError(f"the reflections dataset {ref!r} has no image or images column")
         if len(ds) == 0:
             raise ValueError(f"the reflections dataset {ref!r} is empty: nothing to train on")
-        parts.append(ds.select_columns([c for c in ("prompt", "completion", "image", "images") if c in ds.column_names]))
+        keep = [c for c in ("prompt", "completion", "image", "images") if c in ds.column_names]
+        parts.append(ds.select_columns(keep))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
