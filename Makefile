@@ -99,6 +99,21 @@ experiment: $(EXP_DIR)/iteration_0/results.json
 report: | $(STAMP)
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
+# --- classic RL on the same protocol, and the comparison report -----------------------------------
+ALGO ?= ppo
+STEPS ?= 100000
+SEEDS ?= 3
+BUDGETS ?= 10000,25000,50000,100000
+
+baseline: | $(STAMP)
+	$(PY) baselines.py --algo $(ALGO) --game $(GAME) --steps $(STEPS) --seeds $(SEEDS) \
+		--budgets $(BUDGETS) --output-dir data/baselines
+
+compare: | $(STAMP)
+	$(PY) -m vlmrl.compare --experiment $(EXP_DIR) --baselines data/baselines --output-dir $(EXP_DIR)/compare \
+		$(if $(wildcard $(REF_DIR)/random/results.json),--random $(REF_DIR)/random/results.json) \
+		$(if $(wildcard $(REF_DIR)/oracle/results.json),--oracle $(REF_DIR)/oracle/results.json)
+
 # The quick run: the base model's evaluation, then 2 iterations of 10 episodes, tiny recipe, oracle teacher.
 demo: tiny-model reference
 	@$(MAKE) --no-print-directory experiment EXP=$(EXP) RECIPE=recipes/tiny-smolvlm/pong ITERATIONS=2
