@@ -134,3 +134,13 @@ def test_both_flag_spellings_and_recipe(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "a" / ".vlmrl" / "summary.json").read_text())["steps"] == 4
     assert json.loads((tmp_path / "b" / ".vlmrl" / "summary.json").read_text())["steps"] == 6
+
+
+def test_teacher_mix_plays_the_oracle_and_records_it(tmp_path):
+    summary = collection.collect(_args(tmp_path, episodes=2, max_steps=40, teacher_mix=1.0))
+    ds = load_dataset(str(tmp_path / "ep"), split="train")
+    assert all(ds["teacher"]) and summary["teacher_share"] == 1.0
+    assert set(ds["action"]) <= {"RIGHT", "LEFT", "NOOP"}  # the oracle's actions, not the random policy's
+    half = collection.collect(_args(tmp_path, episodes=4, max_steps=50, teacher_mix=0.5,
+                                    output_dir=str(tmp_path / "half")))
+    assert 0.3 < half["teacher_share"] < 0.7

@@ -9,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from vlmrl import tiny_model
 from vlmrl.observation import encode_observation
-from vlmrl.perception import CAPTION_TOKENS, QUESTIONS, PretrainConfig, option_text, perception_texts
+from vlmrl.perception import CAPTION_TOKENS, QUESTIONS, PretrainConfig, option_text
 from vlmrl.probe import observation_for
-from vlmrl.tiny_model import PONG_ACTIONS, TinyModelConfig, build_model, build_tiny_model, build_tokenizer, main
+from vlmrl.tiny_model import PONG_ACTIONS, TinyModelConfig, build_model, build_tiny_model, main
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The same seed built twice with a few steps of pre-training."""
     root = tmp_path_factory.mktemp("tiny")
-    pretrain = PretrainConfig(frames=32, epochs=2, batch_size=16, warmup_steps=1, seed=0)
+    pretrain = PretrainConfig(frames=16, epochs=2, batch_size=16, warmup_steps=1, seed=0)
     first = build_tiny_model(root / "a", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
     second = build_tiny_model(root / "b", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
     return first, second
@@ -32,7 +33,7 @@ def test_build_is_deterministic_for_a_seed(built):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     config = TinyModelConfig(seed=0)
-    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    tokenizer = AutoTokenizer.from_pretrained(built[0])
     init = {k: v for k, v in build_model(config, tokenizer).state_dict().items() if k in a}
     assert all(torch.equal(v, build_model(config, tokenizer).state_dict()[k]) for k, v in init.items())
     other = build_model(TinyModelConfig(seed=1), tokenizer).state_dict()
@@ -42,9 +43,9 @@ def test_build_is_deterministic_for_a_seed(built):
 
 def test_pretraining_is_recorded_in_config_and_card(built):
     recorded = json.loads((built[0] / "tiny_config.json").read_text())
-    assert recorded["pretrain"]["frames"] == 32
+    assert recorded["pretrain"]["frames"] == 16
     assert recorded["observation"]["encoding"] == "motion"
-    assert recorded["report"]["pretrain"]["steps"] == 4
+    assert recorded["report"]["pretrain"]["steps"] == 2
     assert "Perception pre-training" in (built[0] / "README.md").read_text()
 
 
@@ -76,8 +77,6 @@ def test_reloads_offline_through_the_auto_classes(built, monkeypatch):
 
 
 def test_tokenizer_single_tokens(built):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(built[0])
     for action in PONG_ACTIONS:  # constrained decoding scores them with one forward
         assert len(tokenizer(action, add_special_tokens=False)["input_ids"]) == 1
@@ -90,7 +89,7 @@ def test_tokenizer_single_tokens(built):
 
 def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatch):
     path = str(built[0])
-    args = ["--output-dir", path, "--pretrain-frames", "32", "--pretrain-epochs", "2"]
+    args = ["--output-dir", path, "--pretrain-frames", "16", "--pretrain-epochs", "2"]
     # The fixture's recipe differs from the CLI's in batch size and warm-up: make them agree.
     monkeypatch.setattr(tiny_model, "PretrainConfig", lambda **kw: PretrainConfig(batch_size=16, warmup_steps=1, **kw))
     main(args)

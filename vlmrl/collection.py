@@ -30,7 +30,7 @@ MANIFEST = "collection.json"
 SUMMARY = "summary.json"
 # Settings that must match for a re-run to resume a collection rather than mix two.
 _RESUME_KEYS = ("model", "policy", "game", "seed", "max_steps", "decode", "temperature", "frames", "encoding",
-                "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration")
+                "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration", "teacher_mix")
 
 
 def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: int):
@@ -65,6 +65,7 @@ def episode_rows(episode: EpisodeRecord, *, model: str, iteration: int, gamma: f
             "reasoning": step.decision.reasoning,
             "raw_output": step.decision.raw_output,
             "valid": step.decision.valid,
+            "teacher": step.teacher,
             "reward": step.reward,
             "terminated": step.terminated,
             "truncated": step.truncated,
@@ -84,13 +85,14 @@ def episode_shard_name(episode_id: int) -> str:
 def summarize(output_dir: str | Path) -> dict:
     """Episodes, returns, steps and invalid-output rate, read from every shard on disk."""
     files = sorted(shard_dir(output_dir).glob("episode-*.parquet"))
-    returns, steps, invalid = [], 0, 0
+    returns, steps, invalid, taught = [], 0, 0, 0
     for f in files:
-        table = pq.read_table(f, columns=["reward", "valid"])
+        table = pq.read_table(f, columns=["reward", "valid", "teacher"])
         rewards = table.column("reward").to_numpy()
         returns.append(float(rewards.sum()))
         steps += len(rewards)
         invalid += int((~table.column("valid").to_numpy(zero_copy_only=False)).sum())
+        taught += int(table.column("teacher").to_numpy(zero_copy_only=False).sum())
     return {
         "episodes": len(files),
         "returns": returns,
@@ -98,6 +100,7 @@ def summarize(output_dir: str | Path) -> dict:
         "std_return": float(np.std(returns)) if returns else None,
         "steps": steps,
         "invalid_rate": invalid / steps if steps else 0.0,
+        "teacher_share": taught / steps if steps else 0.0,  # steps whose action the oracle chose
     }
 
 
@@ -124,9 +127,15 @@ def collect(args: CollectArguments) -> dict:
     try:
         if jobs:
             policy, model_name = build_policy(args, args.game, batch.action_names, seed=args.seed + state.process_index)
+            teacher = None
+            if args.teacher_mix > 0:
+                from vlmrl.agent import OraclePolicy
+
+                teacher = OraclePolicy(args.game)
             for episode in play_episodes(
                 policy, batch, jobs, frames=args.frames, max_steps=args.max_steps,
                 progress=args.progress and state.is_local_main_process, desc="collect",
+                teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
             ):
                 rows = episode_rows(episode, model=model_name, iteration=args.iteration, gamma=args.gamma)
                 write_shard(output_dir, episode_shard_name(episode.episode_id), rows, EPISODE_FEATURES)
@@ -168,6 +177,7 @@ def episodes_card_body(args: CollectArguments, summary: dict) -> str:
         f"- steps: {summary['steps']}\n"
         f"- mean return: {mean if mean is None else round(mean, 2)} (std {summary['std_return']})\n"
         f"- invalid outputs: {summary['invalid_rate']:.3f}\n"
+        f"- steps played by the oracle teacher (DAgger mix {args.teacher_mix}): {summary['teacher_share']:.3f}\n"
         f"- protocol: frameskip {args.frameskip}, sticky actions {args.repeat_action_probability}, "
         f"max steps {args.max_steps}\n"
         f"- observation: {args.frames} frame(s), {args.encoding}, crop {args.crop}, decode {args.decode}\n"

@@ -79,6 +79,10 @@ class CollectArguments(PolicyArguments, EnvArguments):
     num_envs: int = field(default=8, metadata={"help": "environments stepped as one batch"})
     seed: int = field(default=0, metadata={"help": "episode i is played with seed + i"})
     gamma: float = field(default=0.99, metadata={"help": "discount of the stored return_to_go"})
+    teacher_mix: float = field(
+        default=0.0,
+        metadata={"help": "probability that a step plays the oracle's action instead of the model's (DAgger's mix)"},
+    )
     iteration: int = field(default=0, metadata={"help": "loop iteration recorded with each step"})
     output_dir: str = field(default="data/episodes", metadata={"help": "where the episodes dataset is written"})
     push_to_hub: str | None = field(
@@ -95,6 +99,8 @@ class CollectArguments(PolicyArguments, EnvArguments):
             raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"--gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 <= self.teacher_mix <= 1.0:
+            raise ValueError(f"--teacher-mix must be in [0, 1], got {self.teacher_mix}")
         if self.seed < 0 or self.seed + self.episodes > 1_000_000:
             raise ValueError("collection seeds must lie in [0, 1,000,000): evaluation uses the seeds above")
         self.validate_policy()

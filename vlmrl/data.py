@@ -32,6 +32,7 @@ EPISODE_FEATURES = Features(
         "reasoning": Value("string"),
         "raw_output": Value("string"),
         "valid": Value("bool"),
+        "teacher": Value("bool"),
         "reward": Value("float32"),
         "terminated": Value("bool"),
         "truncated": Value("bool"),

@@ -119,6 +119,8 @@ def score_continuations(
     texts = [prompt + c for _ in images for c in continuations]
     repeated = [im for im in images for _ in continuations]
     inputs = _to(processor(text=texts, images=repeated, return_tensors="pt", padding=True), model)
+    # Left-padded rows of different lengths: positions count from each row's first real token.
+    inputs["position_ids"] = (inputs["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
     longest = max(map(len, option_ids))
     logits = model(**inputs, logits_to_keep=longest + 1).logits.float()
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t+1

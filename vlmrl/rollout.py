@@ -30,6 +30,7 @@ class StepRecord:
     reward: float
     terminated: bool
     truncated: bool
+    teacher: bool = False  # the teacher's action was played instead of the policy's
 
 
 @dataclass
@@ -65,12 +66,18 @@ def play_episodes(
     keep_frames: bool | set[int] = True,
     progress: bool = True,
     desc: str = "episodes",
+    teacher=None,
+    teacher_mix: float = 0.0,
+    seed: int = 0,
 ) -> Iterator[EpisodeRecord]:
     """Plays each ``(episode_id, seed)`` job; yields episodes as they finish (not in job order).
 
     ``max_steps`` caps an episode in agent steps (its last step is marked truncated);
     ``keep_frames`` is True, False, or the set of episode ids whose frames are kept.
+    With a ``teacher`` policy, each step plays the teacher's action with probability ``teacher_mix``
+    (DAgger's mixture): the states visited stay near the teacher's, where corrections teach most.
     """
+    rng = np.random.default_rng(seed)
     queue = list(jobs)
     slots: dict[int, _Slot] = {}
     bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
@@ -97,9 +104,17 @@ def play_episodes(
                 Observation(list(slots[s].history.frames), slots[s].ram, slots[s].prev_ram) for s in order
             ]
             decisions = policy.act(observations)
+            by_teacher = [False] * len(order)
+            if teacher is not None and teacher_mix > 0:
+                by_teacher = (rng.random(len(order)) < teacher_mix).tolist()
+                taught = teacher.act(observations)
+                decisions = [
+                    Decision(t.action, d.reasoning, d.raw_output, d.valid) if use else d
+                    for d, t, use in zip(decisions, taught, by_teacher, strict=True)
+                ]
             results = batch.step({s: d.action for s, d in zip(order, decisions, strict=True)})
             steps_done += len(order)
-            for s, decision in zip(order, decisions, strict=True):
+            for s, decision, taught_step in zip(order, decisions, by_teacher, strict=True):
                 slot, result = slots[s], results[s]
                 episode = slot.episode
                 capped = max_steps is not None and len(episode.steps) + 1 >= max_steps
@@ -112,6 +127,7 @@ def play_episodes(
                         reward=result.reward,
                         terminated=result.terminated,
                         truncated=result.truncated or (capped and not result.terminated),
+                        teacher=taught_step,
                     )
                 )
                 if result.terminated or result.truncated or capped:
