@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--play-episodes", type=int, default=0, help="also play this many episodes vs random")
     parser.add_argument("--play-max-steps", type=int, default=2000, help="step cap of each played episode")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 2 crawl on a shared CPU)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -93,7 +93,10 @@ def tiny():
     config = TinyModelConfig()
     tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
     model = build_model(config, tokenizer).eval()
-    return model, build_processor(config, tokenizer), observation_config(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads crawl on a CPU shared with other jobs (FACTS)
+    yield model, build_processor(config, tokenizer), observation_config(config)
+    torch.set_num_threads(threads)
 
 
 def test_first_token_scoring_matches_full_sequence_scoring(tiny):
@@ -122,3 +125,14 @@ def test_probe_model_reports_accuracy_beside_chance(tiny):
     for r in results.values():
         assert r["n"] == 0 or (0 <= r["accuracy"] <= 1 and 0 < r["chance"] <= 1)
     assert results["ball_visible"]["n"] == 12
+
+
+def test_probe_model_with_two_rgb_images(tiny):
+    """SmolVLM's default observation: two RGB frames as two images in the prompt."""
+    from vlmrl.observation import ObservationConfig
+
+    model, processor, _ = tiny
+    samples = collect_probe_frames(frames=4, seed=8)
+    rgb = ObservationConfig(frames=2, encoding="rgb", crop=False, image_size=128)
+    results = probe_model(model, processor, samples, rgb, batch_size=4, questions=[QUESTIONS_BY_NAME["vertical"]])
+    assert set(results) == {"vertical"}

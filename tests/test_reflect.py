@@ -144,3 +144,12 @@ def test_episodes_without_required_columns(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         reflect(ReflectArguments(episodes=str(tmp_path / "missing"), reflector="oracle",
                                  output_dir=str(tmp_path / "o2"), progress=False))
+
+
+def test_action_only_completions(tmp_path, episodes):
+    reflect(ReflectArguments(episodes=episodes, reflector="oracle", reflect_on="all", reflection_rate=0.25,
+                             completion_reasoning=False, output_dir=str(tmp_path), progress=False, **MOTION))
+    ds = load_dataset(str(tmp_path), split="train")
+    answers = [json.loads(c[0]["content"][0]["text"]) for c in ds["completion"]]
+    assert answers and all(a == {"action": r} for a, r in zip(answers, ds["correct_action"], strict=True))
+    assert all(ds["correct_reasoning"])  # the reasoning is still recorded beside the completion

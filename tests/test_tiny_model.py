@@ -23,8 +23,13 @@ def built(tmp_path_factory):
     """The same seed built twice with a few steps of pre-training."""
     root = tmp_path_factory.mktemp("tiny")
     pretrain = PretrainConfig(frames=16, epochs=2, batch_size=16, warmup_steps=1, seed=0)
-    first = build_tiny_model(root / "a", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
-    second = build_tiny_model(root / "b", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI does: two threads crawl on a CPU shared with other jobs
+    try:
+        first = build_tiny_model(root / "a", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
+        second = build_tiny_model(root / "b", TinyModelConfig(seed=0), pretrain=pretrain, probe_frames=0)
+    finally:
+        torch.set_num_threads(threads)
     return first, second
 
 
@@ -89,7 +94,7 @@ def test_tokenizer_single_tokens(built):
 
 def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatch):
     path = str(built[0])
-    args = ["--output-dir", path, "--pretrain-frames", "16", "--pretrain-epochs", "2"]
+    args = ["--output-dir", path, "--pretrain-frames", "16", "--pretrain-epochs", "2", "--threads", "0"]
     # The fixture's recipe differs from the CLI's in batch size and warm-up: make them agree.
     monkeypatch.setattr(tiny_model, "PretrainConfig", lambda **kw: PretrainConfig(batch_size=16, warmup_steps=1, **kw))
     main(args)
@@ -111,4 +116,4 @@ def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatc
 
 def test_cli_rejects_bad_pretrain_settings(tmp_path):
     with pytest.raises(SystemExit):
-        main(["--output-dir", str(tmp_path / "x"), "--pretrain-frames", "0"])
+        main(["--output-dir", str(tmp_path / "x"), "--pretrain-frames", "0", "--threads", "0"])

@@ -119,6 +119,10 @@ class ReflectArguments(ObservationArguments):
     reflection_rate: float = field(default=0.3, metadata={"help": "share of the candidate steps reflected on"})
     gamma: float = field(default=0.99, metadata={"help": "discount for the return-to-go that marks poor steps"})
     max_reflections: int | None = field(default=None, metadata={"help": "cap on reflections (default: none)"})
+    completion_reasoning: bool = field(
+        default=True,
+        metadata={"help": "put the corrected reasoning in the training answer (false: the action alone)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the step sampling"})
     model: str | None = field(
         default=None, metadata={"help": "the acting model for --reflector self (default: the episodes' model column)"}

@@ -110,18 +110,13 @@ def scene_from_ram(
 # --- the caption of the pre-training ----------------------------------------------------------
 
 NO_BALL = "<noball>"
+# Tokens added to the tokenizer for the caption; its other pieces are the probe's answer words.
 CAPTION_TOKENS: list[str] = [
-    "<above>",
-    "<below>",
     NO_BALL,
     *[f"<y{i}>" for i in range(BUCKETS)],
     *[f"<x{i}>" for i in range(BUCKETS)],
     *[f"<p{i}>" for i in range(BUCKETS)],
-    "<vup>",
-    "<vdown>",
     "<vnone>",
-    "<haway>",
-    "<htoward>",
     "<hnone>",
 ]
 CAPTION_PROMPT = "Describe the ball and your paddle."
@@ -132,19 +127,21 @@ def _bucket(value: int, size: int) -> int:
 
 
 def caption_tokens(scene: PongScene) -> list[str]:
-    """Six tokens: ball above/below the paddle, ball row, ball column, paddle row, vertical and
-    horizontal direction. Above/below comes first: after the row tokens it would leak under
-    teacher forcing (FACTS). No action names: this teaches seeing, not playing."""
+    """Six one-token pieces: ball above/below the paddle, ball row, ball column, paddle row,
+    vertical and horizontal direction. Above/below comes first: after the row tokens it would
+    leak under teacher forcing (FACTS). Above/below and the directions are the probe's answer
+    words (" above", " up", " toward"): the caption trains the very tokens the questions are
+    answered with. No action names: this teaches seeing, not playing."""
     paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if not scene.ball_visible:
         return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [
-        "<above>" if scene.ball_above_paddle else "<below>",
+        option_text("above" if scene.ball_above_paddle else "below"),
         f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
         f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
         paddle,
-        f"<v{scene.vertical or 'none'}>",
-        f"<h{scene.horizontal or 'none'}>",
+        option_text(scene.vertical) if scene.vertical else "<vnone>",
+        option_text(scene.horizontal) if scene.horizontal else "<hnone>",
     ]
 
 
@@ -329,12 +326,17 @@ class PretrainConfig:
     """The perception pre-training recipe (FACTS: 'Teaching the tiny model to see first works')."""
 
     frames: int = 30_000  # observations of varied play
-    epochs: float = 3.0  # passes over them
+    # Passes over them: 1.5 (1,407 steps) built in 8.3 minutes on one core of a shared CPU and
+    # scored 0.95 on above/below on held-out frames.
+    epochs: float = 1.5
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    caption_fraction: float = 0.5  # the rest of the samples ask one of the probe's questions
+    caption_fraction: float = 0.5  # the rest of the samples ask one of the probe's questions ...
+    # ... in these proportions (relative; questions not named weigh 1): above/below is what the
+    # agent needs most, and the question the build is judged on.
+    question_weights: dict[str, float] = field(default_factory=lambda: {"above_below": 2.0})
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -342,6 +344,12 @@ class PretrainConfig:
             raise ValueError("pretrain frames, epochs and batch_size must be positive")
         if not 0.0 <= self.caption_fraction <= 1.0:
             raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
+        unknown = set(self.question_weights) - {q.name for q in QUESTIONS}
+        if unknown or any(w < 0 for w in self.question_weights.values()):
+            raise ValueError(
+                f"question_weights must be non-negative weights of {[q.name for q in QUESTIONS]}, "
+                f"got {self.question_weights}"
+            )
 
     @property
     def steps(self) -> int:
@@ -406,7 +414,20 @@ def _task_prompts(processor, observation: ObservationConfig, sample: np.ndarray)
 def _target_ids(tokenizer, scenes: list[PongScene]) -> dict[str, list[list[int] | None]]:
     """Per task, each sample's answer token ids (None where the question has no answer)."""
     eos = tokenizer.eos_token_id
-    caption = [tokenizer.convert_tokens_to_ids(caption_tokens(s)) + [eos] for s in scenes]
+    piece_ids: dict[str, int] = {}
+
+    def one_token(piece: str) -> int:
+        if piece not in piece_ids:
+            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(
+                    f"caption piece {piece!r} is {len(ids)} tokens in this tokenizer; build the tokenizer with "
+                    "CAPTION_TOKENS and perception_texts() (vlmrl.tiny_model does)"
+                )
+            piece_ids[piece] = ids[0]
+        return piece_ids[piece]
+
+    caption = [[one_token(p) for p in caption_tokens(s)] + [eos] for s in scenes]
     targets: dict[str, list[list[int] | None]] = {"caption": caption}
     for q in QUESTIONS:
         encoded = {o: tokenizer(option_text(o), add_special_tokens=False)["input_ids"] + [eos] for o in q.options}
@@ -462,17 +483,14 @@ def pretrain_perception(
     if len(data) == 0:
         raise ValueError("no perception data to pre-train on")
     tokenizer = processor.tokenizer
-    missing = [t for t in CAPTION_TOKENS if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
-    if missing:
-        raise ValueError(f"the tokenizer lacks the caption tokens {missing[:3]}...: build it with them")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     prompts = _task_prompts(processor, observation, data.images[0])
     targets = _target_ids(tokenizer, data.scenes)
     pixels = PixelPath(processor, data.images[:8])
-    tasks = list(prompts)
-    question_share = (1.0 - config.caption_fraction) / max(len(tasks) - 1, 1)
-    task_p = [config.caption_fraction] + [question_share] * (len(tasks) - 1)
+    tasks = list(prompts)  # "caption" first, then the questions
+    weights = np.array([config.question_weights.get(t, 1.0) for t in tasks[1:]])
+    task_p = [config.caption_fraction, *((1.0 - config.caption_fraction) * weights / weights.sum())]
     pad = tokenizer.pad_token_id
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

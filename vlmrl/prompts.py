@@ -60,11 +60,12 @@ def acting_messages(game_id: str, actions: list[str], num_images: int, encoding:
     ]
 
 
-def format_answer(action: str, reasoning: str) -> str:
-    return json.dumps({"action": action, "reasoning": reasoning})
+def format_answer(action: str, reasoning: str | None) -> str:
+    """The answer JSON; ``reasoning=None`` gives the action alone."""
+    return json.dumps({"action": action} if reasoning is None else {"action": action, "reasoning": reasoning})
 
 
-def completion_messages(action: str, reasoning: str) -> list[dict]:
+def completion_messages(action: str, reasoning: str | None) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": format_answer(action, reasoning)}]}]
 
 

@@ -209,7 +209,10 @@ def reflect(args: ReflectArguments) -> dict:
                     out_rows.append(
                         {
                             "prompt": acting_messages(args.game, actions, len(images), observation.encoding),
-                            "completion": completion_messages(reflection.correct_action, reflection.correct_reasoning),
+                            "completion": completion_messages(
+                                reflection.correct_action,
+                                reflection.correct_reasoning if args.completion_reasoning else None,
+                            ),
                             **_observation_row(images, observation),
                             "analysis": reflection.analysis,
                             "action_taken": item.action_taken,

@@ -3,6 +3,12 @@
 It is saved with ``save_pretrained`` and loads through exactly the path that loads
 ``HuggingFaceTB/SmolVLM-Instruct`` (``AutoModelForImageTextToText`` + ``AutoProcessor``),
 so every phase runs offline on a 2-core CPU. ``python -m vlmrl.tiny_model --help``.
+
+By default the random-init model then gets a short perception pre-training
+(``vlmrl.perception``): it learns to see Pong (where the ball is, which way it moves,
+whether it is above or below the paddle) from RAM-derived targets, and nothing about which
+action to take. A random-init model never learns to see from action labels alone (FACTS);
+one that sees learns to act from few corrections. ``--no-pretrain`` keeps the random init.
 """
 
 from __future__ import annotations
@@ -313,7 +319,8 @@ def _card_body(recipe: dict, report: dict) -> str:
         "(the RAM oracle with a random action at rate 0.5, or random play), encoded as the agent encodes "
         f"them ({recipe['observation']}), episode seeds from {PRETRAIN_SEED_BASE + 10_000 * pretrain['seed']:,}. "
         "Targets come from the RAM only: a 6-token caption (ball above/below the paddle, ball row, column, "
-        "paddle row in 16 buckets or `<noball>`, vertical and horizontal direction) or one of the probe's "
+        "paddle row in 16 buckets or `<noball>`, vertical and horizontal direction; above/below and the "
+        "directions are the probe's answer words) or one of the probe's "
         f"questions ({1 - pretrain['caption_fraction']:.0%} of samples), loss on every answer token. "
         "No action labels, no action names.\n",
         "| setting | value |\n|---|---|",
@@ -382,13 +389,11 @@ def main(argv: list[str] | None = None) -> None:
         help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
     )
     parser.add_argument(
-        "--threads", type=int, default=0,
-        help="torch CPU threads (0: torch's default). On a CPU shared with other jobs 1 can be several times "
-        "faster than 2; results are deterministic for a seed at a given thread count",
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default %(default)s; 0: torch's default). One thread gives the same weights "
+        "for a seed whatever the core count, and is robust on a shared CPU, where two threads ran ~10x slower",
     )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = TinyModelConfig(seed=args.seed)
     pretrain = None
     if not args.no_pretrain:
@@ -404,7 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     if existing is not None and existing != wanted:
         print(f"the tiny model at {out} was built with another recipe: rebuilding")
-    build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True)
+    threads = torch.get_num_threads()
+    if args.threads:  # for this build only: main() is also called in-process (tests)
+        torch.set_num_threads(args.threads)
+    try:
+        build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True)
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads((out / "tiny_config.json").read_text())["report"]
     print(json.dumps({"output_dir": str(out), **report}))
 
