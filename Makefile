@@ -22,6 +22,7 @@ BATCH_SIZE ?=
 LR ?=
 EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
+TEACHER_MIX ?=
 HUB ?=
 LAUNCH ?=
 
@@ -30,7 +31,8 @@ EXP_DIR := $(EXPERIMENTS)/$(EXP)
 OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
 	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
-	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) $(if $(HUB),--hub $(HUB)) \
+	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
+	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)")
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # The tiny recipe's base model is built here; other recipes' come from the Hub.

@@ -66,7 +66,8 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
     if phase == "collect":
         cmd = [*py, str(ROOT / "collect.py"), *config, "--model", model_for(exp_dir, k, base),
                "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(1000 * k)]
-        cmd += _flags(o, episodes="--episodes", max_steps="--max-steps", num_envs="--num-envs")
+        cmd += _flags(o, episodes="--episodes", max_steps="--max-steps", num_envs="--num-envs",
+                      teacher_mix="--teacher-mix")
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "episodes")]
     elif phase == "reflect":
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--epochs", "training epochs"), ("--batch-size", "training batch size per device"),
         ("--lr", "learning rate"), ("--eval-episodes", "evaluation episodes"),
         ("--eval-max-steps", "cap on steps per evaluation episode"),
+        ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
     ):
