@@ -143,7 +143,8 @@ def reflect(args: ReflectArguments) -> dict:
         raise ValueError(f"the episodes dataset {args.episodes!r} is empty")
     acting_model = args.model or dataset[0]["model"]
     iteration = int(dataset[0]["iteration"]) if "iteration" in dataset.column_names else 0
-    settings = {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "progress", "batch_size")}
+    settings = {k: v for k, v in asdict(args).items()
+                if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
     check_manifest(output_dir, MANIFEST, settings, "reflection run")
 
     actions = _game_actions(args.game)
