@@ -128,3 +128,20 @@ def test_two_cpu_processes_with_gloo(tmp_path, tiny_model, reflections):
     metrics = json.loads((out / "train_metrics.json").read_text())
     # 48 samples, batch 8 per process, 2 processes: 3 optimizer steps.
     assert metrics["global_steps"] == 3
+
+
+def test_balancing_oversamples_the_rarer_action_classes():
+    from collections import Counter
+
+    from datasets import Dataset
+
+    from vlmrl.oracle import action_class
+    from vlmrl.training import balance_by_action_class
+
+    ds = Dataset.from_dict({"correct_action": ["NOOP"] * 6 + ["LEFT", "LEFTFIRE"] + ["RIGHT"], "row": list(range(9))})
+    balanced = balance_by_action_class(ds, "ALE/Pong-v5", seed=1)
+    counts = Counter(action_class("ALE/Pong-v5", a) for a in balanced["correct_action"])
+    assert counts == {"stay": 6, "down": 6, "up": 6}
+    assert set(balanced["row"]) == set(range(9))  # nothing dropped, the rare ones repeated
+    with pytest.raises(ValueError, match="correct_action"):
+        balance_by_action_class(Dataset.from_dict({"row": [1]}), "ALE/Pong-v5")

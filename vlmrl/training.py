@@ -35,6 +35,10 @@ class TrainScriptArguments(ObservationArguments):
     iteration: int = field(default=1, metadata={"help": "loop iteration, recorded in the model card"})
     game: str = field(default="ALE/Pong-v5", metadata={"help": "the game, recorded in the model card"})
     recipe: str | None = field(default=None, metadata={"help": "recipe folder, recorded in the model card"})
+    balance_actions: bool = field(
+        default=False,
+        metadata={"help": "resample the reflections so each corrected-action class (up/down/stay) is equally frequent"},
+    )
     push_to_hub_repo: str | None = field(
         default=None, metadata={"help": "Hub model repo to publish the checkpoint to (branch iteration-N)"}
     )
@@ -55,7 +59,32 @@ def _card_metrics(metrics: dict, training_args) -> dict:
             **{k: getattr(training_args, k) for k in hyper}}
 
 
-def load_reflections(references: list[str]):
+def balance_by_action_class(dataset, game_id: str, seed: int = 0):
+    """Oversamples the rarer corrected-action classes to the size of the largest.
+
+    A good teacher says "stay" most of the time; trained on that imbalance, the tiny model
+    answered NOOP in every state (measured: eval agreement stuck at the share of 'stay' states).
+    """
+    import numpy as np
+
+    from vlmrl.oracle import action_class
+
+    if "correct_action" not in dataset.column_names:
+        raise ValueError("--balance_actions needs the reflections' correct_action column")
+    classes = [action_class(game_id, a) for a in dataset["correct_action"]]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        groups.setdefault(c, []).append(i)
+    size = max(len(g) for g in groups.values())
+    rng = np.random.default_rng(seed)
+    picks = []
+    for rows in groups.values():
+        picks += rows + rng.choice(rows, size=size - len(rows), replace=True).tolist()
+    rng.shuffle(picks)
+    return dataset.select(picks)
+
+
+def load_reflections(references: list[str], keep_correct_action: bool = False):
     """Concatenates the reflections datasets, checking each is usable training data."""
     if not references:
         raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
@@ -67,7 +96,8 @@ def load_reflections(references: list[str]):
             raise ValueError(f"the reflections dataset {ref!r} has no image or images column")
         if len(ds) == 0:
             raise ValueError(f"the reflections dataset {ref!r} is empty: nothing to train on")
-        keep = [c for c in ("prompt", "completion", "image", "images") if c in ds.column_names]
+        wanted = ("prompt", "completion", "image", "images", *(("correct_action",) if keep_correct_action else ()))
+        keep = [c for c in wanted if c in ds.column_names]
         parts.append(ds.select_columns(keep))
     return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
@@ -109,7 +139,10 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     base = model_args.model_name_or_path
     if not base:
         raise ValueError("--model_name_or_path is required: the model to fine-tune (path or Hub id)")
-    dataset = load_reflections(script_args.reflections)
+    dataset = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
+    if script_args.balance_actions:
+        dataset = balance_by_action_class(dataset, script_args.game, seed=training_args.seed)
+        dataset = dataset.remove_columns(["correct_action"])
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {"base_model": base, "reflections": script_args.reflections, "iteration": script_args.iteration}
