@@ -13,21 +13,13 @@ import re
 from dataclasses import dataclass
 
 from vlmrl.env import game_name
+from vlmrl.oracle import ACTION_CLASSES as PONG_ACTION_CLASSES
 
 GAME_RULES: dict[str, str] = {
     "Pong": "You are the green paddle on the right: hit the ball back or lose a point.",
 }
-# What each action does to the player, in words the model can tie to the picture.
-ACTION_EFFECTS: dict[str, dict[str, str]] = {
-    "Pong": {
-        "NOOP": "stay",
-        "FIRE": "stay",
-        "RIGHT": "up",
-        "LEFT": "down",
-        "RIGHTFIRE": "up",
-        "LEFTFIRE": "down",
-    },
-}
+# What each action does to the player, in words the model can tie to the picture: the oracle's classes.
+ACTION_EFFECTS: dict[str, dict[str, str]] = {"Pong": PONG_ACTION_CLASSES}
 ANSWER_PREFIX = '{"action": "'
 MAX_ANSWER_CHARS = 4000  # longer outputs are cut before parsing: a runaway generation is not an answer
 
