@@ -6,6 +6,7 @@ import pytest
 from vlmrl.agent import Decision
 from vlmrl.configs import EvaluateArguments
 from vlmrl.evaluation import evaluate, oracle_agreement
+from vlmrl.oracle import make_pong_ram
 from vlmrl.results import RESULTS_KEYS, eval_seeds
 from vlmrl.rollout import EpisodeRecord, StepRecord
 
@@ -13,9 +14,7 @@ MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
 
 
 def _ram(ball_x, ball_y, paddle_y):
-    ram = np.zeros(128, np.uint8)
-    ram[49], ram[54], ram[51] = ball_x, ball_y, paddle_y
-    return ram
+    return make_pong_ram(ball_x, ball_y, paddle_y)
 
 
 def test_oracle_agreement_on_a_known_case():

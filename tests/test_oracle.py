@@ -252,3 +252,11 @@ def test_oracle_beats_random_in_the_real_game():
     assert oracle_return >= 0
     assert oracle_return > random_return
     assert oracle_actions == {"NOOP", "RIGHT", "LEFT"}
+
+
+def test_make_pong_ram_is_the_inverse_of_parsing():
+    from vlmrl.oracle import make_pong_ram
+
+    state = parse_pong_ram(make_pong_ram(ball_x=120, ball_y=90, player_y=70, cpu_y=60))
+    assert (state.ball_x, state.ball_y, state.player_y, state.cpu_y) == (120, 90, 70, 60)
+    assert state.ball_in_play and not parse_pong_ram(make_pong_ram()).ball_in_play

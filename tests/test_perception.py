@@ -8,6 +8,7 @@ from itertools import islice
 import numpy as np
 import pytest
 
+from vlmrl.oracle import make_pong_ram
 from vlmrl.perception import (
     CAPTION_PROMPT,
     CAPTION_TOKENS,
@@ -24,13 +25,7 @@ from vlmrl.perception import (
 )
 from vlmrl.tiny_model import PONG_ACTIONS
 
-BALL_X, BALL_Y, PLAYER_Y = 49, 54, 51
-
-
-def ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100) -> np.ndarray:
-    r = np.zeros(128, dtype=np.uint8)
-    r[BALL_X], r[BALL_Y], r[PLAYER_Y] = ball_x, ball_y, player_y
-    return r
+ram = make_pong_ram
 
 
 def test_scene_ball_above_and_below_the_paddle_centre():

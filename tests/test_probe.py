@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from vlmrl.oracle import make_pong_ram
 from vlmrl.perception import QUESTIONS_BY_NAME, PlayFrame, option_text, question_messages, scene_from_ram
 from vlmrl.probe import (
     DEFAULT_OBSERVATION,
@@ -19,13 +20,7 @@ from vlmrl.probe import (
     score_continuations,
 )
 
-BALL_X, BALL_Y, PLAYER_Y = 49, 54, 51
-
-
-def ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100) -> np.ndarray:
-    r = np.zeros(128, dtype=np.uint8)
-    r[BALL_X], r[BALL_Y], r[PLAYER_Y] = ball_x, ball_y, player_y
-    return r
+ram = make_pong_ram
 
 
 def ask(name: str, now: np.ndarray, before: np.ndarray | None = None, drawn: bool = True) -> str | None:

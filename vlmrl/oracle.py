@@ -92,6 +92,13 @@ class PongState:
         object.__setattr__(self, "ball_in_play", self.ball_x != 0 and self.ball_y != 0)
 
 
+def make_pong_ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100, cpu_y: int = 0) -> np.ndarray:
+    """A 128-byte RAM holding these positions and zeros elsewhere (the inverse of ``parse_pong_ram``)."""
+    ram = np.zeros(128, dtype=np.uint8)
+    ram[_BALL_X], ram[_BALL_Y], ram[_PLAYER_Y], ram[_CPU_Y] = ball_x, ball_y, player_y, cpu_y
+    return ram
+
+
 def parse_pong_ram(ram: Sequence[int] | np.ndarray) -> PongState:
     """Read the paddles and the ball from Pong's 128-byte RAM."""
     if len(ram) != RAM_SIZE:
