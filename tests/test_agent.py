@@ -58,6 +58,38 @@ def test_constrained_scores_every_legal_action_in_one_forward(tiny_model, pong_a
     assert seq.shape == (4, 6) and torch.isfinite(seq).all()
 
 
+@pytest.mark.parametrize("observation", [MOTION, ObservationConfig(frames=2, encoding="rgb", image_size=128)])
+def test_prefix_cache_scores_as_the_plain_forward(tiny_model, pong_actions, frames, observation):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, observation)
+    cached = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, observation)
+    plain = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, observation, prefix_cache=False)
+    for n in (5, 2, 5):  # the stored prefix is copied per call, never grown by one
+        obs = _observations(frames, n)
+        assert torch.allclose(cached.action_logprobs(obs), plain.action_logprobs(obs), atol=1e-4)
+    assert cached.prefix_cache and cached._prefix_verified and len(cached._prefixes) == 1
+    (prefix, layers), = cached._prefixes.items()
+    ids = cached.encoder.encode(_observations(frames, 1), " " + ANSWER_PREFIX)["input_ids"][0].tolist()
+    assert list(prefix) == ids[: ids.index(model.config.image_token_id)]  # the text before the first image
+    assert all(k.shape[0] == 1 and k.shape[2] == len(prefix) for k, _ in layers)
+    assert not plain._prefixes
+
+
+def test_prefix_cache_that_changes_scores_is_turned_off(tiny_model, pong_actions, frames, monkeypatch):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION)
+    real = policy._build_prefix
+    monkeypatch.setattr(policy, "_build_prefix",
+                        lambda *a: [(torch.randn_like(k), v) for k, v in real(*a)])  # a wrong cache
+    obs = _observations(frames, 3)
+    with pytest.warns(UserWarning, match="prefix cache"):
+        scores = policy.action_logprobs(obs)
+    assert not policy.prefix_cache
+    plain = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, prefix_cache=False)
+    assert torch.allclose(scores, plain.action_logprobs(obs), atol=1e-5)
+
+
 def test_sampling_is_seeded(tiny_model, pong_actions, frames):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)

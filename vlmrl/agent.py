@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +114,18 @@ class PromptEncoder:
 
 
 class VLMPolicy:
-    """A vision-language model playing: constrained (score the legal actions) or free generation."""
+    """A vision-language model playing: constrained (score the legal actions) or free generation.
+
+    Constrained decoding with one-token action names is one forward pass per step for the whole
+    batch. Its prompt is the same every step up to the first image token (the system prompt: about
+    two thirds of the tokens), so with ``prefix_cache`` (the default) those tokens are run through
+    the model once, their keys and values kept, and each step feeds only the tokens from the first
+    image on (image features merged as usual) on a per-call copy of that cache expanded to the
+    batch. The first cached call is checked against the plain forward; a model whose forward does
+    not take a cache (or gives other scores with one) falls back to the plain forward, as does the
+    multi-token path and any batch whose rows differ before the image. The cache is built from the
+    weights at first use: call ``reset_prefix_cache()`` after changing the model's weights.
+    """
 
     name = "model"
 
@@ -129,6 +142,7 @@ class VLMPolicy:
         max_new_tokens: int = 48,
         fallback_action: str | None = None,
         seed: int = 0,
+        prefix_cache: bool = True,
     ) -> None:
         if decode not in ("constrained", "generate"):
             raise ValueError(f"decode must be 'constrained' or 'generate', got {decode!r}")
@@ -151,6 +165,13 @@ class VLMPolicy:
         first = [ids[0] for ids in self._action_ids]
         # One token per action and distinct: a single forward scores them all at the next position.
         self._single_token = all(len(ids) == 1 for ids in self._action_ids) and len(set(first)) == len(first)
+        self.prefix_cache = prefix_cache
+        self.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget the cached prompt prefix (it is rebuilt, and re-checked, at the next step)."""
+        self._prefixes: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._prefix_verified = False
 
     def _to_device(self, inputs: dict) -> dict:
         dtype = next(self.model.parameters()).dtype
@@ -165,10 +186,94 @@ class VLMPolicy:
         """Log-likelihood of each legal action after the answer prefix, shape (batch, actions)."""
         if self._single_token:
             inputs = self._to_device(self.encoder.encode(observations, " " + ANSWER_PREFIX))
-            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+            logits = self.next_token_logits(inputs)
             ids = torch.tensor([i[0] for i in self._action_ids], device=logits.device)
             return torch.log_softmax(logits, dim=-1)[:, ids].cpu()
         return self._sequence_logprobs(observations)
+
+    @torch.inference_mode()
+    def next_token_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Float logits of the token after encoded ``inputs``, shape (batch, vocab): the forward of
+        constrained decoding, on the cached prompt prefix when it applies."""
+        if self.prefix_cache:
+            logits = self._prefix_cached_logits(inputs)
+            if logits is not None:
+                return logits
+        return self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+
+    def _cache_kwarg(self) -> str | None:
+        if not hasattr(self, "_cache_kwarg_name"):  # transformers 5 names it ``cache``, earlier ``past_key_values``
+            params = inspect.signature(self.model.forward).parameters
+            self._cache_kwarg_name = next((n for n in ("cache", "past_key_values") if n in params), None)
+        return self._cache_kwarg_name
+
+    def _prefix_cached_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The cached-prefix forward, or None where it does not apply (then the caller runs the plain one)."""
+        image_token = getattr(self.model.config, "image_token_id", None)
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        cache_kwarg = self._cache_kwarg()
+        if image_token is None or cache_kwarg is None or (mask is not None and not bool(mask.all())):
+            return None
+        where = (ids[0] == image_token).nonzero()
+        n = int(where[0]) if len(where) else 0
+        if n == 0 or not bool((ids[:, :n] == ids[0, :n]).all()):
+            return None  # no text before the image, or rows that differ before it
+        key = tuple(ids[0, :n].tolist())
+        if key not in self._prefixes:
+            layers = self._build_prefix(ids[:1, :n], cache_kwarg)
+            if layers is None:
+                self.prefix_cache = False
+                return None
+            self._prefixes[key] = layers
+        from transformers import DynamicCache
+
+        batch = ids.shape[0]
+        cache = DynamicCache(  # a fresh copy per call: the forward appends this step's tokens to it
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefixes[key]]
+        )
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        out = self.model(
+            input_ids=ids[:, n:],
+            attention_mask=torch.ones(ids.shape, dtype=torch.long, device=ids.device),  # prefix + new tokens
+            **rest,
+            **{cache_kwarg: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float()
+        if not self._prefix_verified:  # once per policy: the cached forward must score as the plain one does
+            plain = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
+            tolerance = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 5e-2
+            gap = (torch.log_softmax(logits, -1) - torch.log_softmax(plain, -1)).abs().max().item()
+            if not gap <= tolerance:
+                warnings.warn(f"the prompt-prefix cache changes this model's scores (by {gap:.3g}): turned off",
+                              stacklevel=3)
+                self.prefix_cache = False
+                return plain
+            self._prefix_verified = True
+        return logits
+
+    def _build_prefix(self, prefix_ids: torch.Tensor, cache_kwarg: str) -> list | None:
+        """Runs the prompt's text prefix once; its per-layer (keys, values) at batch 1, or None."""
+        from transformers import DynamicCache
+
+        try:
+            out = self.model(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids),
+                             use_cache=True, logits_to_keep=1)
+        except (TypeError, ValueError) as err:
+            warnings.warn(f"no prompt-prefix cache for this model ({err})", stacklevel=4)
+            return None
+        cache = getattr(out, cache_kwarg, None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
+        if not isinstance(cache, DynamicCache):
+            return None
+        layers = []
+        for layer in cache.layers:
+            if getattr(layer, "is_sliding", False) or type(layer).__name__ != "DynamicLayer":
+                return None  # sliding windows and other layer kinds: not handled here
+            layers.append((layer.keys, layer.values))
+        return layers
 
     def _sequence_logprobs(self, observations: list[Observation]) -> torch.Tensor:
         # Multi-token names (a real tokenizer splits RIGHTFIRE): score each full name plus the
