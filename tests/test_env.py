@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vlmrl.env import AtariBatch, game_name, make_env
-from vlmrl.observation import ObservationConfig, encode_observation, motion_image
+from vlmrl.observation import ObservationConfig, encode_batch, encode_observation, motion_image
 
 
 def test_pong_batch_steps_with_ram_and_action_names(pong_actions):
@@ -62,3 +62,26 @@ def test_motion_encoding_shows_ball_and_never_all_zero():
         ObservationConfig(frames=1, encoding="motion")
     with pytest.raises(ValueError, match="expected 2 frames"):
         encode_observation([frame], cfg, "ALE/Pong-v5")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ObservationConfig(frames=2, encoding="motion", crop=True, image_size=128),
+        ObservationConfig(frames=2, encoding="motion", image_size=96),
+        ObservationConfig(frames=2, encoding="rgb", image_size=128),
+        ObservationConfig(frames=1, encoding="rgb", image_size=384),
+        ObservationConfig(frames=1, encoding="rgb", crop=True, image_size=100),
+        ObservationConfig(frames=2, encoding="motion", crop=True, image_size=128, resample="bilinear"),
+    ],
+)
+def test_batch_encoding_is_pixel_exact(config):
+    env = make_env("ALE/Pong-v5")
+    frames = [env.reset(seed=5)[0]]
+    for i in range(80):  # the ball in play, the paddle moving
+        frames.append(env.step(i % 3)[0])
+    observations = [frames[i - config.frames + 1 : i + 1] for i in range(60, 66)]
+    batch = encode_batch(observations, config, "ALE/Pong-v5")
+    one_by_one = np.stack([np.stack([np.asarray(im) for im in encode_observation(o, config, "ALE/Pong-v5")])
+                           for o in observations])
+    assert batch.dtype == np.uint8 and np.array_equal(batch, one_by_one)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlmrl.observation import ObservationConfig, encode_observation
+from vlmrl.observation import ObservationConfig, encode_batch, encode_observation
 from vlmrl.prompts import ANSWER_PREFIX, acting_messages, format_answer, parse_answer
 
 
@@ -64,9 +64,10 @@ class OraclePolicy:
 class PromptEncoder:
     """Turns observations into model inputs; the prompt is the same every step, so it is tokenized once.
 
-    The fast path builds ``pixel_values`` with the image processor's own rescale/normalise
-    constants; it is used only when the processor would neither resize nor split the
-    already-resized images (checked once against the processor itself in the tests).
+    The fast path builds ``pixel_values`` for the whole batch at once (``encode_batch``) with the
+    image processor's own rescale/normalise constants; it is used only when the processor would
+    neither resize nor split the already-resized images (checked against the processor itself in
+    the tests).
     """
 
     def __init__(self, processor, game_id: str, actions: list[str], observation: ObservationConfig) -> None:
@@ -85,32 +86,44 @@ class PromptEncoder:
             and getattr(ip, "do_rescale", True)
         )
         self._ids_cache: dict[str, torch.Tensor] = {}
+        self._lut: np.ndarray | None = None
 
     def images(self, observations: list[Observation]) -> list[list]:
         return [encode_observation(o.frames, self.observation, self.game_id) for o in observations]
 
     def encode(self, observations: list[Observation], suffix: str = "") -> dict[str, torch.Tensor]:
-        images = self.images(observations)
         text = self.prompt + suffix
         if not self.fast:
+            images = self.images(observations)
             return self.processor(text=[text] * len(images), images=images, return_tensors="pt", padding=True)
         if text not in self._ids_cache:
-            probe = self.processor(text=[text], images=[images[0]], return_tensors="pt")
+            probe = self.processor(text=[text], images=[self.images(observations[:1])[0]], return_tensors="pt")
             self._ids_cache[text] = probe["input_ids"][0]
         ids = self._ids_cache[text]
-        ip = self.processor.image_processor
-        pixels = np.stack([np.stack([np.asarray(im, dtype=np.float32) for im in obs]) for obs in images])
-        pixels = pixels * ip.rescale_factor
-        if ip.do_normalize:
-            pixels = (pixels - np.asarray(ip.image_mean, np.float32)) / np.asarray(ip.image_std, np.float32)
-        pixel_values = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous()
-        batch = len(images)
+        pixel_values = self.pixel_values(observations)
+        batch = len(observations)
         return {
             "input_ids": ids.unsqueeze(0).expand(batch, -1).contiguous(),
             "attention_mask": torch.ones(batch, ids.shape[0], dtype=torch.long),
             "pixel_values": pixel_values,
             "pixel_attention_mask": torch.ones(pixel_values.shape[:2] + pixel_values.shape[3:], dtype=torch.bool),
         }
+
+    def pixel_values(self, observations: list[Observation]) -> torch.Tensor:
+        """(batch, images, 3, size, size) float32, as the image processor would make them (fast path):
+        each channel's 256 possible values are rescaled and normalised once, then looked up."""
+        if self._lut is None:
+            ip = self.processor.image_processor
+            lut = np.repeat(np.arange(256, dtype=np.float32)[None], 3, axis=0) * ip.rescale_factor
+            if ip.do_normalize:
+                mean, std = (np.asarray(v, np.float32)[:, None] for v in (ip.image_mean, ip.image_std))
+                lut = (lut - mean) / std
+            self._lut = lut.astype(np.float32)
+        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id)
+        out = np.empty(pixels.shape[:2] + (3,) + pixels.shape[2:4], np.float32)
+        for c in range(3):
+            np.take(self._lut[c], pixels[..., c], out=out[:, :, c], mode="clip")
+        return torch.from_numpy(out)
 
 
 class VLMPolicy:

@@ -11,6 +11,7 @@ Two encodings:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -51,15 +52,20 @@ class ObservationConfig:
         return 1 if self.encoding == "motion" else self.frames
 
 
-def _crop(frame: np.ndarray, game_id: str, crop: bool) -> np.ndarray:
-    if not crop:
-        return frame
+def _playfield_rows(game_id: str) -> tuple[int, int]:
     rows = PLAYFIELD_ROWS.get(game_name(game_id))
     if rows is None:
         raise ValueError(
             f"no playfield crop is known for {game_id}; known: {sorted(PLAYFIELD_ROWS)}. Set crop: false"
         )
-    return frame[rows[0] : rows[1]]
+    return rows
+
+
+def _crop(frame: np.ndarray, game_id: str, crop: bool) -> np.ndarray:
+    if not crop:
+        return frame
+    top, bottom = _playfield_rows(game_id)
+    return frame[top:bottom]
 
 
 def _resize(image: Image.Image, config: ObservationConfig) -> Image.Image:
@@ -92,6 +98,49 @@ def encode_observation(frames: list[np.ndarray], config: ObservationConfig, game
     else:
         arrays = cropped
     return [_resize(Image.fromarray(a), config) for a in arrays]
+
+
+@lru_cache(maxsize=16)
+def _nearest_pick(height: int, width: int, size: int, top: int) -> np.ndarray:
+    """Flat byte indices (size, size, 3) into an RGB frame (height, width, 3) of the pixels that PIL's
+    nearest resize of its rows ``top:height`` reads: PIL's own choice (an image of pixel numbers, resized)."""
+    numbers = np.arange(top * width, height * width, dtype=np.int32).reshape(height - top, width)
+    picked = np.asarray(Image.fromarray(numbers).resize((size, size), Image.NEAREST)).astype(np.intp)
+    return picked[..., None] * 3 + np.arange(3)
+
+
+def encode_batch(observations: list[list[np.ndarray]], config: ObservationConfig, game_id: str) -> np.ndarray:
+    """``encode_observation`` for a batch at once: one uint8 array (batch, images, size, size, 3).
+
+    The same pixels as stacking ``encode_observation``'s images (tested), at a fraction of the cost:
+    with nearest resizing each output pixel is one source pixel, so the pixels are picked first (at
+    PIL's own indices) and the motion encoding, pixel by pixel, runs on the small pictures only.
+    Bilinear resizing goes through ``encode_observation``.
+    """
+    shape = observations[0][0].shape if observations else None
+    for frames in observations:
+        if len(frames) != config.frames:
+            raise ValueError(f"expected {config.frames} frames, got {len(frames)}")
+        if any(f.shape != shape for f in frames):
+            raise ValueError(f"frames of one batch must share a shape; got {[f.shape for f in frames]} and {shape}")
+    size, count = config.image_size, config.images_per_observation
+    if config.resample != "nearest" or not observations:
+        out = np.zeros((len(observations), count, size, size, 3), np.uint8)
+        for i, frames in enumerate(observations):
+            for j, image in enumerate(encode_observation(frames, config, game_id)):
+                out[i, j] = np.asarray(image)
+        return out
+    height, width = observations[0][0].shape[:2]
+    top, bottom = _playfield_rows(game_id) if config.crop else (0, height)
+    pick = _nearest_pick(bottom, width, size, top)
+    small = np.stack([[np.take(np.ascontiguousarray(f).ravel(), pick) for f in frames] for frames in observations])
+    if config.encoding != "motion":
+        return small  # (batch, frames, size, size, 3)
+    background = BACKGROUND_LUMINANCE.get(game_name(game_id), 0.0)
+    contrast = np.abs(luminance(small.astype(np.float32)) - background) * _MOTION_GAIN
+    channels = (np.clip(contrast, 0, 254) + 1).astype(np.uint8)  # (batch, 2, size, size): previous, current
+    current, previous = channels[:, 1], channels[:, 0]
+    return np.stack([current, previous, current], axis=-1)[:, None]
 
 
 class FrameHistory:
