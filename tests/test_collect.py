@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from datasets import load_dataset
 import vlmrl.collection as collection
 from vlmrl.configs import CollectArguments
 from vlmrl.data import discounted_returns
+from vlmrl.env import AtariBatch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,9 @@ def test_episodes_schema_and_content(tmp_path):
         assert rows["truncated"][-1] and not any(rows["truncated"][:-1])
     # The next frame of a step is the next row: frames are stored once, and they change.
     assert np.asarray(ds[0]["frame"]).tobytes() != np.asarray(ds[29]["frame"]).tobytes()
+    first = ds.filter(lambda r: r["episode_id"] == 0 and r["step"] == 0)[0]
+    assert np.array_equal(np.asarray(first["frame"]), AtariBatch("ALE/Pong-v5", 1).reset(0, seed=0)[0])  # lossless
+    assert first["seed"] == 0 and isinstance(first["ram"], list) and len(first["ram"]) == 128
     saved = json.loads((tmp_path / "ep" / ".vlmrl" / "summary.json").read_text())
     assert saved["episodes"] == 3 and saved["invalid_rate"] == 0.0
 
@@ -74,6 +79,30 @@ def test_interrupted_collection_resumes_without_loss_or_duplicates(tmp_path, mon
     assert sorted(set(ds["episode_id"])) == [0, 1, 2, 3, 4]
     for p, content in before.items():  # finished episodes are kept as they were
         assert (tmp_path / "ep" / "data" / p).read_bytes() == content
+
+
+def test_an_interrupted_run_flushes_the_episodes_it_finished(tmp_path, monkeypatch):
+    # Shards are written in the background: slow writes still queued when the run is interrupted
+    # must all reach the disk, in order, before the interruption propagates.
+    real_write, real_play, order = collection.write_shard, collection.play_episodes, []
+
+    def slow_write(output_dir, name, *a, **kw):
+        time.sleep(0.3)
+        order.append(name)
+        return real_write(output_dir, name, *a, **kw)
+
+    def interrupted_play(*a, **kw):
+        for i, episode in enumerate(real_play(*a, **kw)):
+            yield episode
+            if i == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(collection, "write_shard", slow_write)
+    monkeypatch.setattr(collection, "play_episodes", interrupted_play)
+    with pytest.raises(KeyboardInterrupt):
+        collection.collect(_args(tmp_path, episodes=6, num_envs=1))
+    assert order == [f"episode-{i:06d}" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "ep" / "data").glob("*.parquet")) == [f"{n}.parquet" for n in order]
 
 
 def test_resume_refuses_other_settings(tmp_path):

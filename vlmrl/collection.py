@@ -1,14 +1,22 @@
-"""The trial phase: play episodes and write them, one parquet shard per finished episode."""
+"""The trial phase: play episodes and write them, one parquet shard per finished episode.
+
+Shards are written by one background thread (``ShardWriter``), in the order the episodes finish,
+while the next steps play: PNG encoding releases the GIL, so the writing runs beside the model
+instead of between its steps. Every finished episode is flushed before ``collect`` returns or
+raises, an interrupted run included, and a failed write stops the run with that error.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from vlmrl.configs import CollectArguments, PolicyArguments
 from vlmrl.data import (
@@ -18,6 +26,7 @@ from vlmrl.data import (
     ensure_writable,
     existing_shards,
     meta_path,
+    png_bytes,
     shard_dir,
     write_dataset_card,
     write_json,
@@ -53,29 +62,68 @@ def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: 
     return policy, args.model
 
 
-def episode_rows(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> list[dict]:
-    returns = discounted_returns([s.reward for s in episode.steps], gamma)
-    return [
-        {
-            "episode_id": episode.episode_id,
-            "seed": episode.seed,
-            "step": t,
-            "frame": Image.fromarray(step.frame),
-            "action": step.decision.action,
-            "reasoning": step.decision.reasoning,
-            "raw_output": step.decision.raw_output,
-            "valid": step.decision.valid,
-            "teacher": step.teacher,
-            "reward": step.reward,
-            "terminated": step.terminated,
-            "truncated": step.truncated,
-            "return_to_go": float(returns[t]),
-            "ram": step.ram.tolist(),
-            "model": model,
-            "iteration": iteration,
-        }
-        for t, step in enumerate(episode.steps)
-    ]
+def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> pa.Table:
+    """One episode's rows (``EPISODE_FEATURES``) as an Arrow table, built column by column."""
+    steps = episode.steps
+    n = len(steps)
+    returns = discounted_returns([s.reward for s in steps], gamma)
+    decisions = [s.decision for s in steps]
+    frames = pa.StructArray.from_arrays(
+        [pa.array([png_bytes(s.frame) for s in steps], pa.binary()), pa.nulls(n, pa.string())], ["bytes", "path"]
+    )
+    rams = np.stack([s.ram for s in steps]).astype(np.uint8) if n else np.zeros((0, 128), np.uint8)
+    columns = {
+        "episode_id": pa.array(np.full(n, episode.episode_id, np.int32)),
+        "seed": pa.array(np.full(n, episode.seed, np.int64)),
+        "step": pa.array(np.arange(n, dtype=np.int32)),
+        "frame": frames,
+        "action": pa.array([d.action for d in decisions], pa.string()),
+        "reasoning": pa.array([d.reasoning for d in decisions], pa.string()),
+        "raw_output": pa.array([d.raw_output for d in decisions], pa.string()),
+        "valid": pa.array([d.valid for d in decisions], pa.bool_()),
+        "teacher": pa.array([s.teacher for s in steps], pa.bool_()),
+        "reward": pa.array(np.array([s.reward for s in steps], np.float32)),
+        "terminated": pa.array([s.terminated for s in steps], pa.bool_()),
+        "truncated": pa.array([s.truncated for s in steps], pa.bool_()),
+        "return_to_go": pa.array(returns.astype(np.float32)),
+        "ram": pa.FixedSizeListArray.from_arrays(pa.array(rams.ravel()), 128),
+        "model": pa.array([model] * n, pa.string()),
+        "iteration": pa.array(np.full(n, iteration, np.int32)),
+    }
+    return pa.table(columns).cast(EPISODE_FEATURES.arrow_schema)
+
+
+class ShardWriter:
+    """Runs shard writes on one background thread, in submission order.
+
+    ``submit`` returns at once unless ``max_pending`` writes are queued (then it waits for the
+    oldest) and raises the error of any write that failed. ``close`` waits for every queued write;
+    with ``raise_errors`` it raises the first failure.
+    """
+
+    def __init__(self, max_pending: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmrl-shards")
+        self._pending: deque[Future] = deque()
+        self.max_pending = max_pending
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+        while self._pending and (self._pending[0].done() or len(self._pending) > self.max_pending):
+            self._pending.popleft().result()  # raises a failed write's error here, in the caller's thread
+
+    def close(self, raise_errors: bool = True) -> None:
+        self._pool.shutdown(wait=True)
+        first_error = None
+        while self._pending:
+            error = self._pending.popleft().exception()
+            first_error = first_error or error
+        if raise_errors and first_error is not None:
+            raise first_error
+
+
+def write_episode(output_dir: Path, episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> None:
+    table = episode_table(episode, model=model, iteration=iteration, gamma=gamma)
+    write_shard(output_dir, episode_shard_name(episode.episode_id), table, EPISODE_FEATURES)
 
 
 def episode_shard_name(episode_id: int) -> str:
@@ -123,7 +171,8 @@ def collect(args: CollectArguments) -> dict:
     ]
     batch = AtariBatch(args.game, args.num_envs, frameskip=args.frameskip,
                        repeat_action_probability=args.repeat_action_probability)
-    new_steps, start = 0, time.perf_counter()
+    new_steps, setup_s, start = 0, 0.0, time.perf_counter()
+    writer = ShardWriter()
     try:
         if jobs:
             policy, model_name = build_policy(args, args.game, batch.action_names, seed=args.seed + state.process_index)
@@ -132,14 +181,20 @@ def collect(args: CollectArguments) -> dict:
                 from vlmrl.agent import OraclePolicy
 
                 teacher = OraclePolicy(args.game)
+            setup_s = time.perf_counter() - start  # loading the model: not part of the steps/s
             for episode in play_episodes(
                 policy, batch, jobs, frames=args.frames, max_steps=args.max_steps,
                 progress=args.progress and state.is_local_main_process, desc="collect",
                 teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
             ):
-                rows = episode_rows(episode, model=model_name, iteration=args.iteration, gamma=args.gamma)
-                write_shard(output_dir, episode_shard_name(episode.episode_id), rows, EPISODE_FEATURES)
-                new_steps += len(rows)
+                writer.submit(write_episode, output_dir, episode, model=model_name, iteration=args.iteration,
+                              gamma=args.gamma)
+                new_steps += len(episode.steps)
+    except BaseException:
+        writer.close(raise_errors=False)  # interrupted: every finished episode is still written
+        raise
+    else:
+        writer.close()
     finally:
         batch.close()
     elapsed = time.perf_counter() - start
@@ -150,7 +205,9 @@ def collect(args: CollectArguments) -> dict:
             "requested_episodes": args.episodes,
             "resumed_episodes": len(done),
             "new_steps": new_steps,
-            "steps_per_s": new_steps / elapsed if new_steps else None,  # this process's own rate
+            # this process's own rate, from its first step to its last shard on disk
+            "steps_per_s": new_steps / (elapsed - setup_s) if new_steps else None,
+            "setup_s": setup_s,  # loading the policy
             "wall_s": elapsed,
             "settings": {k: v for k, v in asdict(args).items() if k != "push_to_hub"},
         }
