@@ -1,9 +1,10 @@
 """The trial phase: play episodes and write them, one parquet shard per finished episode.
 
-Shards are written by one background thread (``ShardWriter``), in the order the episodes finish,
-while the next steps play: PNG encoding releases the GIL, so the writing runs beside the model
-instead of between its steps. Every finished episode is flushed before ``collect`` returns or
-raises, an interrupted run included, and a failed write stops the run with that error.
+Each step's frames are PNG-encoded, and each finished episode's shard written, by one background
+thread (``ShardWriter``) in order while the next steps play: PNG encoding releases the GIL, so it
+runs beside the model instead of between its steps. Every finished episode is flushed before
+``collect`` returns or raises, an interrupted run included, and a failed write stops the run with
+that error.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: 
     returns = discounted_returns([s.reward for s in steps], gamma)
     decisions = [s.decision for s in steps]
     frames = pa.StructArray.from_arrays(
-        [pa.array([png_bytes(s.frame) for s in steps], pa.binary()), pa.nulls(n, pa.string())], ["bytes", "path"]
+        [pa.array([_png(s.frame) for s in steps], pa.binary()), pa.nulls(n, pa.string())], ["bytes", "path"]
     )
     rams = np.stack([s.ram for s in steps]).astype(np.uint8) if n else np.zeros((0, 128), np.uint8)
     columns = {
@@ -93,12 +94,33 @@ def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: 
     return pa.table(columns).cast(EPISODE_FEATURES.arrow_schema)
 
 
+class EncodedFrame:
+    """A frame whose PNG encoding was queued on the writer's thread (``ShardWriter.encode_frames``)."""
+
+    __slots__ = ("_future", "_index")
+
+    def __init__(self, future: Future, index: int) -> None:
+        self._future, self._index = future, index
+
+    def png(self) -> bytes:
+        return self._future.result()[self._index]
+
+
+def _png(frame) -> bytes:
+    return frame.png() if isinstance(frame, EncodedFrame) else png_bytes(frame)
+
+
+def _png_all(frames: list[np.ndarray]) -> list[bytes]:
+    return [png_bytes(f) for f in frames]
+
+
 class ShardWriter:
-    """Runs shard writes on one background thread, in submission order.
+    """Runs shard writes, and the PNG encoding of each step's frames, on one background thread in
+    submission order (a step's frames are encoded before the write of its episode runs).
 
     ``submit`` returns at once unless ``max_pending`` writes are queued (then it waits for the
-    oldest) and raises the error of any write that failed. ``close`` waits for every queued write;
-    with ``raise_errors`` it raises the first failure.
+    oldest) and raises the error of any write that failed. ``close`` waits for every queued job;
+    with ``raise_errors`` it raises the first failed write's error.
     """
 
     def __init__(self, max_pending: int = 4) -> None:
@@ -110,6 +132,11 @@ class ShardWriter:
         self._pending.append(self._pool.submit(fn, *args, **kwargs))
         while self._pending and (self._pending[0].done() or len(self._pending) > self.max_pending):
             self._pending.popleft().result()  # raises a failed write's error here, in the caller's thread
+
+    def encode_frames(self, frames: list[np.ndarray]) -> list[EncodedFrame]:
+        """Queues one step's frames for PNG encoding; ``play_episodes``' ``on_frames``."""
+        future = self._pool.submit(_png_all, frames)
+        return [EncodedFrame(future, i) for i in range(len(frames))]
 
     def close(self, raise_errors: bool = True) -> None:
         self._pool.shutdown(wait=True)
@@ -186,6 +213,7 @@ def collect(args: CollectArguments) -> dict:
                 policy, batch, jobs, frames=args.frames, max_steps=args.max_steps,
                 progress=args.progress and state.is_local_main_process, desc="collect",
                 teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
+                on_frames=writer.encode_frames,
             ):
                 writer.submit(write_episode, output_dir, episode, model=model_name, iteration=args.iteration,
                               gamma=args.gamma)

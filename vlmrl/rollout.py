@@ -8,8 +8,9 @@ env's observation goes to the policy in one call per agent step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,9 +22,12 @@ from vlmrl.observation import FrameHistory
 
 @dataclass
 class StepRecord:
-    """One agent step: what the agent saw (frame, RAM), what it did and what followed."""
+    """One agent step: what the agent saw (frame, RAM), what it did and what followed.
 
-    frame: np.ndarray | None
+    ``frame`` is the raw frame, None when not kept, or what ``play_episodes``' ``on_frames`` made of it.
+    """
+
+    frame: np.ndarray | Any | None
     ram: np.ndarray
     prev_ram: np.ndarray | None
     decision: Decision
@@ -69,6 +73,7 @@ def play_episodes(
     teacher=None,
     teacher_mix: float = 0.0,
     seed: int = 0,
+    on_frames: Callable[[list[np.ndarray]], list] | None = None,
 ) -> Iterator[EpisodeRecord]:
     """Plays each ``(episode_id, seed)`` job; yields episodes as they finish (not in job order).
 
@@ -76,6 +81,9 @@ def play_episodes(
     ``keep_frames`` is True, False, or the set of episode ids whose frames are kept.
     With a ``teacher`` policy, each step plays the teacher's action with probability ``teacher_mix``
     (DAgger's mixture): the states visited stay near the teacher's, where corrections teach most.
+    ``on_frames`` is called once per agent step with that step's kept frames and returns one object
+    per frame, stored as the steps' ``frame`` (collection starts their PNG encoding there, so it runs
+    in the background while the next steps play).
     """
     rng = np.random.default_rng(seed)
     queue = list(jobs)
@@ -114,13 +122,17 @@ def play_episodes(
                 ]
             results = batch.step({s: d.action for s, d in zip(order, decisions, strict=True)})
             steps_done += len(order)
+            kept = [s for s in order if keep(slots[s].episode.episode_id)]
+            seen = {s: slots[s].history.frames[-1] for s in kept}
+            if on_frames is not None and kept:
+                seen = dict(zip(kept, on_frames([seen[s] for s in kept]), strict=True))
             for s, decision, taught_step in zip(order, decisions, by_teacher, strict=True):
                 slot, result = slots[s], results[s]
                 episode = slot.episode
                 capped = max_steps is not None and len(episode.steps) + 1 >= max_steps
                 episode.steps.append(
                     StepRecord(
-                        frame=slot.history.frames[-1] if keep(episode.episode_id) else None,
+                        frame=seen.get(s),
                         ram=slot.ram,
                         prev_ram=slot.prev_ram,
                         decision=decision,
