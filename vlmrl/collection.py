@@ -196,8 +196,11 @@ def collect(args: CollectArguments) -> dict:
         for i in range(args.episodes)
         if i not in done and i % state.num_processes == state.process_index
     ]
+    # With prefetch_resets, a model's collection has its seeded resets made in a helper process from now on.
     batch = AtariBatch(args.game, args.num_envs, frameskip=args.frameskip,
-                       repeat_action_probability=args.repeat_action_probability)
+                       repeat_action_probability=args.repeat_action_probability,
+                       prefetch_resets=args.prefetch_resets and bool(jobs) and args.policy == "model")
+    batch.plan([seed for _, seed in jobs])
     new_steps, setup_s, start = 0, 0.0, time.perf_counter()
     writer = ShardWriter()
     try:

@@ -89,6 +89,11 @@ class CollectArguments(PolicyArguments, EnvArguments):
         default=None, metadata={"help": "Hub dataset id to publish to (user/name); the local copy is kept"}
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    prefetch_resets: bool = field(
+        default=False,
+        metadata={"help": "a model's collection: seeded env resets (~0.15 s each) made ahead in a helper process, "
+                          "from the start (while the model loads)"},
+    )
 
     def __post_init__(self) -> None:
         if self.episodes < 0:
