@@ -117,3 +117,7 @@ def test_batch_encoding_is_pixel_exact(config):
     one_by_one = np.stack([np.stack([np.asarray(im) for im in encode_observation(o, config, "ALE/Pong-v5")])
                            for o in observations])
     assert batch.dtype == np.uint8 and np.array_equal(batch, one_by_one)
+    cache: dict = {}  # frames met again in the next call are taken from the cache: the same pixels
+    assert np.array_equal(encode_batch(observations[:3], config, "ALE/Pong-v5", cache), one_by_one[:3])
+    assert np.array_equal(encode_batch(observations[1:], config, "ALE/Pong-v5", cache), one_by_one[1:])
+    assert len(cache) == (len(observations) - 1 + config.frames - 1 if config.resample == "nearest" else 0)

@@ -87,6 +87,7 @@ class PromptEncoder:
         )
         self._ids_cache: dict[str, torch.Tensor] = {}
         self._lut: np.ndarray | None = None
+        self._frame_cache: dict = {}  # this step's frames, met again as the next step's previous ones
 
     def images(self, observations: list[Observation]) -> list[list]:
         return [encode_observation(o.frames, self.observation, self.game_id) for o in observations]
@@ -119,7 +120,7 @@ class PromptEncoder:
                 mean, std = (np.asarray(v, np.float32)[:, None] for v in (ip.image_mean, ip.image_std))
                 lut = (lut - mean) / std
             self._lut = lut.astype(np.float32)
-        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id)
+        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id, self._frame_cache)
         out = np.empty(pixels.shape[:2] + (3,) + pixels.shape[2:4], np.float32)
         for c in range(3):
             np.take(self._lut[c], pixels[..., c], out=out[:, :, c], mode="clip")
@@ -153,6 +154,7 @@ class VLMPolicy:
         decode: str = "constrained",
         temperature: float = 0.0,
         max_new_tokens: int = 48,
+        min_new_tokens: int = 0,
         fallback_action: str | None = None,
         seed: int = 0,
         prefix_cache: bool = True,
@@ -167,6 +169,7 @@ class VLMPolicy:
         self.decode = decode
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens  # generate mode: no end of answer before this many tokens
         self.fallback_action = fallback_action or actions[0]
         if self.fallback_action not in actions:
             raise ValueError(f"fallback action {self.fallback_action!r} is not one of {actions}")
@@ -338,6 +341,8 @@ class VLMPolicy:
     def _generate(self, observations: list[Observation]) -> list[Decision]:
         inputs = self._to_device(self.encoder.encode(observations))
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
+        if self.min_new_tokens:
+            kwargs["min_new_tokens"] = self.min_new_tokens
         if self.temperature > 0:
             kwargs["temperature"] = self.temperature
         tokenizer = self.processor.tokenizer
