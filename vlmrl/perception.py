@@ -27,7 +27,7 @@ import torch
 
 from vlmrl.env import AtariBatch, game_name
 from vlmrl.observation import PLAYFIELD_ROWS, ObservationConfig, encode_observation
-from vlmrl.oracle import PADDLE_CENTRE_OFFSET, get_oracle, parse_pong_ram, predict_intercept_y
+from vlmrl.oracle import PADDLE_CENTRE_OFFSET, get_oracle, parse_pong_ram
 
 GAME_ID = "ALE/Pong-v5"
 PLAYFIELD_HEIGHT = PLAYFIELD_ROWS["Pong"][1] - PLAYFIELD_ROWS["Pong"][0]  # 160 rows
@@ -65,9 +65,6 @@ class PongScene:
     # "toward" the player's paddle (rightward) / "away"; not "left"/"right": in Pong those are
     # action names (they move the paddle down/up).
     horizontal: str | None
-    # Where the ball will cross the paddle's column (centre row, walls folded in), when it moves
-    # toward the player: physics read off two frames, not an action.
-    intercept_row: int | None = None
 
 
 def ball_drawn(frame: np.ndarray, game_id: str = GAME_ID) -> bool:
@@ -94,13 +91,11 @@ def scene_from_ram(
         return PongScene(False, None, None, paddle_row, None, None, None)
     # Same threshold as the oracle's: ball_y - paddle_y == PADDLE_CENTRE_OFFSET is the paddle's middle.
     above = state.ball_y - state.player_y < PADDLE_CENTRE_OFFSET
-    vertical = horizontal = intercept = None
+    vertical = horizontal = None
     if prev is not None and prev.ball_in_play:
         dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
         vertical = "up" if dy < 0 else "down" if dy > 0 else None
         horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
-        if dx > 0:
-            intercept = round(predict_intercept_y(state.ball_x, state.ball_y, dx, dy)) - _BALL_ROW_OFFSET
     return PongScene(
         ball_visible=True,
         ball_row=state.ball_y - _BALL_ROW_OFFSET,
@@ -109,7 +104,6 @@ def scene_from_ram(
         ball_above_paddle=above,
         vertical=vertical,
         horizontal=horizontal,
-        intercept_row=intercept,
     )
 
 
@@ -124,8 +118,6 @@ CAPTION_TOKENS: list[str] = [
     *[f"<p{i}>" for i in range(BUCKETS)],
     "<vnone>",
     "<hnone>",
-    *[f"<i{i}>" for i in range(BUCKETS)],
-    "<inone>",
 ]
 CAPTION_PROMPT = "Describe the ball and your paddle."
 
@@ -135,19 +127,15 @@ def _bucket(value: int, size: int) -> int:
 
 
 def caption_tokens(scene: PongScene) -> list[str]:
-    """Seven one-token pieces: where the ball will cross the paddle's column (``<inone>`` when
-    it moves away), ball above/below the paddle, ball row, ball column, paddle row, vertical and
-    horizontal direction. The crossing row and above/below come first: after the row and
-    direction tokens they would leak under teacher forcing (FACTS) instead of being read from
-    the image. Above/below and the directions are the probe's answer words (" above", " up",
-    " toward"): the caption trains the very tokens the questions are answered with. No action
-    names: this teaches seeing, not playing."""
+    """Six one-token pieces: ball above/below the paddle, ball row, ball column, paddle row,
+    vertical and horizontal direction. Above/below comes first: after the row tokens it would
+    leak under teacher forcing (FACTS). Above/below and the directions are the probe's answer
+    words (" above", " up", " toward"): the caption trains the very tokens the questions are
+    answered with. No action names: this teaches seeing, not playing."""
     paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if not scene.ball_visible:
-        return [NO_BALL, NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
-    crossing = "<inone>" if scene.intercept_row is None else f"<i{_bucket(scene.intercept_row, PLAYFIELD_HEIGHT)}>"
+        return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [
-        crossing,
         option_text("above" if scene.ball_above_paddle else "below"),
         f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
         f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
@@ -160,16 +148,10 @@ def caption_tokens(scene: PongScene) -> list[str]:
 # --- the probe's questions --------------------------------------------------------------------
 
 
-def _third_of(row: int) -> str:
-    return ("top", "middle", "bottom")[min(max(row * 3 // PLAYFIELD_HEIGHT, 0), 2)]
-
-
 def _third(scene: PongScene) -> str | None:
-    return _third_of(scene.ball_row) if scene.ball_visible else None
-
-
-def _crossing_third(scene: PongScene) -> str | None:
-    return _third_of(scene.intercept_row) if scene.ball_visible and scene.intercept_row is not None else None
+    if not scene.ball_visible:
+        return None
+    return ("top", "middle", "bottom")[min(max(scene.ball_row * 3 // PLAYFIELD_HEIGHT, 0), 2)]
 
 
 @dataclass(frozen=True)
@@ -192,12 +174,6 @@ QUESTIONS: tuple[Question, ...] = (
     Question("vertical", "Is the ball moving up or down?", ("up", "down"), lambda s: s.vertical),
     Question("horizontal", "Is the ball moving toward you or away?", ("toward", "away"), lambda s: s.horizontal),
     Question("ball_third", "Is the ball in the top, middle or bottom third?", ("top", "middle", "bottom"), _third),
-    Question(
-        "crossing_third",
-        "Where will the ball reach your side: top, middle or bottom?",
-        ("top", "middle", "bottom"),
-        _crossing_third,
-    ),
     Question("ball_visible", "Is the ball in play?", ("yes", "no"), lambda s: "yes" if s.ball_visible else "no"),
 )
 QUESTIONS_BY_NAME: dict[str, Question] = {q.name: q for q in QUESTIONS}
@@ -358,9 +334,9 @@ class PretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     caption_fraction: float = 0.5  # the rest of the samples ask one of the probe's questions ...
-    # ... in these proportions (relative; questions not named weigh 1): above/below (the question
-    # the build is judged on) and where the ball will cross are what the agent needs most.
-    question_weights: dict[str, float] = field(default_factory=lambda: {"above_below": 2.0, "crossing_third": 2.0})
+    # ... in these proportions (relative; questions not named weigh 1): above/below is what the
+    # agent needs most, and the question the build is judged on.
+    question_weights: dict[str, float] = field(default_factory=lambda: {"above_below": 2.0})
     seed: int = 0
 
     def __post_init__(self) -> None:
