@@ -120,4 +120,6 @@ def test_batch_encoding_is_pixel_exact(config):
     cache: dict = {}  # frames met again in the next call are taken from the cache: the same pixels
     assert np.array_equal(encode_batch(observations[:3], config, "ALE/Pong-v5", cache), one_by_one[:3])
     assert np.array_equal(encode_batch(observations[1:], config, "ALE/Pong-v5", cache), one_by_one[1:])
-    assert len(cache) == (len(observations) - 1 + config.frames - 1 if config.resample == "nearest" else 0)
+    assert len(cache) == (len(observations) + config.frames - 1 if config.resample == "nearest" else 0)  # + layout
+    first = encode_batch(observations, config, "ALE/Pong-v5", cache, channels_first=True)  # the model's layout
+    assert np.array_equal(first, one_by_one.transpose(0, 1, 4, 2, 3)) and first.flags.c_contiguous

@@ -120,10 +120,13 @@ class PromptEncoder:
                 mean, std = (np.asarray(v, np.float32)[:, None] for v in (ip.image_mean, ip.image_std))
                 lut = (lut - mean) / std
             self._lut = lut.astype(np.float32)
-        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id, self._frame_cache)
-        out = np.empty(pixels.shape[:2] + (3,) + pixels.shape[2:4], np.float32)
+        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id, self._frame_cache,
+                              channels_first=True)
+        if (self._lut == self._lut[0]).all():  # one table for the three channels: one lookup
+            return torch.from_numpy(np.take(self._lut[0], pixels))
+        out = np.empty(pixels.shape, np.float32)
         for c in range(3):
-            np.take(self._lut[c], pixels[..., c], out=out[:, :, c], mode="clip")
+            np.take(self._lut[c], pixels[:, :, c], out=out[:, :, c])
         return torch.from_numpy(out)
 
 

@@ -110,9 +110,15 @@ def _nearest_pick(height: int, width: int, size: int, top: int) -> np.ndarray:
 
 
 def encode_batch(
-    observations: list[list[np.ndarray]], config: ObservationConfig, game_id: str, cache: dict | None = None
+    observations: list[list[np.ndarray]],
+    config: ObservationConfig,
+    game_id: str,
+    cache: dict | None = None,
+    *,
+    channels_first: bool = False,
 ) -> np.ndarray:
-    """``encode_observation`` for a batch at once: one uint8 array (batch, images, size, size, 3).
+    """``encode_observation`` for a batch at once: one uint8 array (batch, images, size, size, 3), or
+    (batch, images, 3, size, size) with ``channels_first`` (the model's layout, built as such).
 
     The same pixels as stacking ``encode_observation``'s images (tested), at a fraction of the cost:
     with nearest resizing each output pixel is one source pixel, so the pixels are picked first (at
@@ -134,17 +140,18 @@ def encode_batch(
         for i, frames in enumerate(observations):
             for j, image in enumerate(encode_observation(frames, config, game_id)):
                 out[i, j] = np.asarray(image)
-        return out
+        return np.ascontiguousarray(out.transpose(0, 1, 4, 2, 3)) if channels_first else out
     height, width = shape[:2]
     top, bottom = _playfield_rows(game_id) if config.crop else (0, height)
     pick = _nearest_pick(bottom, width, size, top)
     previous = {} if cache is None else cache
+    layout = (config, game_id, channels_first)  # what a cached part was made for
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(frame) -> (frame, its part): the frame keeps its id
     missing = []
     for frames in observations:
         for f in frames:
             if id(f) not in parts:
-                known = previous.get(id(f))
+                known = previous.get(id(f)) if previous.get("layout") == layout else None
                 if known is not None and known[0] is f:
                     parts[id(f)] = known
                 else:
@@ -156,16 +163,19 @@ def encode_batch(
             background = BACKGROUND_LUMINANCE.get(game_name(game_id), 0.0)
             contrast = np.abs(luminance(small.astype(np.float32)) - background) * _MOTION_GAIN
             small = (np.clip(contrast, 0, 254) + 1).astype(np.uint8)  # (m, size, size)
+        elif channels_first:
+            small = small.transpose(0, 3, 1, 2)  # (m, 3, size, size)
         for f, part in zip(missing, small, strict=True):
-            parts[id(f)] = (f, part)
+            parts[id(f)] = (f, np.ascontiguousarray(part))
     if cache is not None:
         cache.clear()
-        cache.update(parts)
+        cache.update(parts, layout=layout)
     if config.encoding != "motion":
-        return np.stack([[parts[id(f)][1] for f in frames] for frames in observations])  # (batch, frames, s, s, 3)
+        return np.stack([[parts[id(f)][1] for f in frames] for frames in observations])
     current = np.stack([parts[id(frames[1])][1] for frames in observations])
     before = np.stack([parts[id(frames[0])][1] for frames in observations])
-    return np.stack([current, before, current], axis=-1)[:, None]  # R, B: now; G: before
+    # R, B: now; G: before
+    return np.stack([current, before, current], axis=1 if channels_first else -1)[:, None]
 
 
 class FrameHistory:
