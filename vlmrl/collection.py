@@ -58,7 +58,8 @@ def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: 
     processor = load_processor(args.model, observation)
     policy = VLMPolicy(
         model, processor, game_id, actions, observation,
-        decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=seed,
+        decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens, seed=seed,
     )
     return policy, args.model
 

@@ -57,6 +57,9 @@ class PolicyArguments(ObservationArguments):
     )
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     max_new_tokens: int = field(default=48, metadata={"help": "generation budget per answer (generate mode)"})
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "generate mode: at least this many tokens per answer (for timing a fixed length)"}
+    )
 
     def validate_policy(self) -> None:
         if self.policy not in ("model", "random", "oracle"):
