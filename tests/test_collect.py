@@ -24,6 +24,22 @@ def _args(tmp_path, **kw):
     return CollectArguments(**defaults)
 
 
+def test_png_frames_are_lossless():
+    import io
+
+    from PIL import Image
+
+    from vlmrl.data import png_bytes
+
+    batch = AtariBatch("ALE/Pong-v5", 1)
+    frames = [batch.reset(0, seed=1)[0]] + [batch.step({0: "RIGHT"})[0].frame for _ in range(40)]
+    rng = np.random.default_rng(0)
+    frames.append(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8))  # any content, any size
+    for frame in frames:
+        image = Image.open(io.BytesIO(png_bytes(frame)))
+        assert image.format == "PNG" and image.mode == "RGB" and np.array_equal(np.asarray(image), frame)
+
+
 def test_return_to_go_arithmetic():
     rewards = [0, 0, -1, 0, 1]
     expected = [-0.81 + 0.5 ** 0 * 0.9 ** 4, -0.9 + 0.9 ** 3, -1 + 0.9 ** 2, 0.9, 1.0]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,17 +73,28 @@ def shard_dir(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / "data"
 
 
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
 def png_bytes(frame: np.ndarray) -> bytes:
-    """A frame as PNG (lossless), deflated with zlib's run-length strategy: on Atari frames (long runs
-    of one colour) ~40% faster than PIL's default and smaller (~0.65 kB a Pong frame against ~0.7 kB)."""
-    import io
-    import zlib
-
-    from PIL import Image as PILImage
-
-    buffer = io.BytesIO()
-    PILImage.fromarray(frame).save(buffer, format="PNG", compress_type=zlib.Z_RLE)
-    return buffer.getvalue()
+    """An RGB frame (height, width, 3) as a PNG, written here: each row but the first stored as its
+    difference from the row above (PNG's "Up" filter: the playfield's repeated rows become zeros), then
+    deflated at level 1. Lossless (tested against PIL's reader); about half the time of PIL's writer,
+    most of it in numpy and zlib, which release the GIL (~1.3 kB a Pong frame)."""
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    height, width, channels = frame.shape
+    if channels != 3:
+        raise ValueError(f"png_bytes takes RGB frames (height, width, 3), got shape {frame.shape}")
+    flat = frame.reshape(height, width * 3)
+    rows = np.empty((height, width * 3 + 1), np.uint8)
+    rows[0, 0], rows[0, 1:] = 0, flat[0]  # filter type 0 (none), the row as it is
+    rows[1:, 0] = 2  # filter type 2 (up): the difference from the row above, modulo 256
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
+    deflate = zlib.compressobj(1)
+    data = deflate.compress(rows) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, filters, no interlace
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
 def write_shard(dataset_dir: str | Path, name: str, rows: list[dict[str, Any]] | Any, features: Features) -> Path:
