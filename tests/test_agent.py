@@ -75,13 +75,16 @@ def test_prefix_cache_scores_as_the_plain_forward(tiny_model, pong_actions, fram
     assert not plain._prefixes
 
 
-def test_prefix_cache_that_changes_scores_is_turned_off(tiny_model, pong_actions, frames, monkeypatch):
+@pytest.mark.parametrize("fault", ["wrong cache", "forward refuses it"])
+def test_prefix_cache_that_fails_is_turned_off(tiny_model, pong_actions, frames, monkeypatch, fault):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
     policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION)
-    real = policy._build_prefix
-    monkeypatch.setattr(policy, "_build_prefix",
-                        lambda *a: [(torch.randn_like(k), v) for k, v in real(*a)])  # a wrong cache
+    if fault == "wrong cache":  # scores that differ from the plain forward's
+        real = policy._build_prefix
+        monkeypatch.setattr(policy, "_build_prefix", lambda *a: [(torch.randn_like(k), v) for k, v in real(*a)])
+    else:  # a model (or transformers version) whose forward does not take the cache
+        monkeypatch.setattr(policy, "_forward_on_prefix", lambda *a: (_ for _ in ()).throw(TypeError("no cache")))
     obs = _observations(frames, 3)
     with pytest.warns(UserWarning, match="prefix cache"):
         scores = policy.action_logprobs(obs)

@@ -244,21 +244,14 @@ class VLMPolicy:
                 self.prefix_cache = False
                 return None
             self._prefixes[key] = layers
-        from transformers import DynamicCache
-
-        batch = ids.shape[0]
-        cache = DynamicCache(  # a fresh copy per call: the forward appends this step's tokens to it
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefixes[key]]
-        )
-        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        out = self.model(
-            input_ids=ids[:, n:],
-            attention_mask=torch.ones(ids.shape, dtype=torch.long, device=ids.device),  # prefix + new tokens
-            **rest,
-            **{cache_kwarg: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        try:
+            out = self._forward_on_prefix(inputs, n, self._prefixes[key], cache_kwarg)
+        except (TypeError, ValueError, RuntimeError) as err:
+            if self._prefix_verified:
+                raise
+            warnings.warn(f"no prompt-prefix cache for this model ({err!r})", stacklevel=3)
+            self.prefix_cache = False
+            return None
         logits = out.logits[:, -1, :].float()
         if not self._prefix_verified:  # once per policy: the cached forward must score as the plain one does
             plain = self.model(**inputs, logits_to_keep=1).logits[:, -1, :].float()
@@ -271,6 +264,25 @@ class VLMPolicy:
                 return plain
             self._prefix_verified = True
         return logits
+
+    def _forward_on_prefix(self, inputs: dict, n: int, layers: list, cache_kwarg: str):
+        """The forward of the tokens from ``n`` on, after the cached prefix ``layers`` (batch 1, expanded)."""
+        from transformers import DynamicCache
+
+        ids = inputs["input_ids"]
+        batch = ids.shape[0]
+        cache = DynamicCache(  # a fresh copy per call: the forward appends this step's tokens to it
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in layers]
+        )
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        return self.model(
+            input_ids=ids[:, n:],
+            attention_mask=torch.ones(ids.shape, dtype=torch.long, device=ids.device),  # prefix + new tokens
+            **rest,
+            **{cache_kwarg: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
     def _build_prefix(self, prefix_ids: torch.Tensor, cache_kwarg: str) -> list | None:
         """Runs the prompt's text prefix once; its per-layer (keys, values) at batch 1, or None."""
