@@ -6,6 +6,9 @@ Two encodings:
 - ``motion``: the current and previous frame in ONE image, R = current luminance,
   G = previous, B = current, background subtracted, so a 16-token image shows where
   the ball is and which way it moves (FACTS: the tiny model learns to see this quickly).
+
+``encode_observation`` makes one observation's PIL images; ``encode_batch`` makes the same pixels
+for a whole batch at once as one array (what acting uses every step).
 """
 
 from __future__ import annotations
