@@ -10,6 +10,7 @@ from trl import ModelConfig, SFTConfig
 import vlmrl.collection as collection
 from vlmrl.cli import parse
 from vlmrl.configs import CollectArguments, ReflectArguments
+from vlmrl.observation import ObservationConfig
 from vlmrl.reflection import reflect
 from vlmrl.training import TrainScriptArguments, cpu_defaults, train
 
@@ -48,6 +49,10 @@ def test_training_lowers_the_loss_and_the_checkpoint_plays(tmp_path, tiny_model,
         assert (out / name).exists(), name
     card = (out / "README.md").read_text()
     assert tiny_model in card and "iteration" in card.lower()
+    # The probe finds the observation the checkpoint was fine-tuned on without being told.
+    from vlmrl.probe import observation_for
+
+    assert observation_for(out) == ObservationConfig(**MOTION)
     # The checkpoint loads and acts in collect.py.
     summary = collection.collect(CollectArguments(policy="model", model=str(out), episodes=1, max_steps=5,
                                                   num_envs=1, output_dir=str(tmp_path / "play"), progress=False,

@@ -40,13 +40,22 @@ DEFAULT_PROBE_SEED = 12345
 DEFAULT_OBSERVATION = ObservationConfig(frames=2, encoding="rgb", crop=False, image_size=384)
 
 
+# What train.py writes beside a checkpoint: the observation it was fine-tuned on.
+OBSERVATION_FILE = "vlmrl_observation.json"
+
+
 def observation_for(model_path: str | Path) -> ObservationConfig:
-    """The observation config a model was built for (the tiny model records it), else the default."""
-    recorded = Path(model_path) / "tiny_config.json"
-    if recorded.is_file():
-        observation = json.loads(recorded.read_text()).get("observation")
-        if observation:
-            return ObservationConfig(**observation)
+    """The observation config a model was built or fine-tuned for, else the default.
+
+    The tiny model records it in ``tiny_config.json``; train.py in ``vlmrl_observation.json``.
+    """
+    for name in ("tiny_config.json", OBSERVATION_FILE):
+        recorded = Path(model_path) / name
+        if recorded.is_file():
+            data = json.loads(recorded.read_text())
+            observation = data.get("observation", data) if name == "tiny_config.json" else data
+            if observation:
+                return ObservationConfig(**observation)
     return DEFAULT_OBSERVATION
 
 

@@ -189,6 +189,12 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)
+        from dataclasses import asdict
+
+        from vlmrl.probe import OBSERVATION_FILE
+
+        # What the checkpoint sees, for tools that only get its path (the vision probe).
+        write_json(output_dir / OBSERVATION_FILE, asdict(observation))
         from vlmrl.hub import write_model_card
 
         write_model_card(
