@@ -119,11 +119,13 @@ class PromptEncoder:
             if ip.do_normalize:
                 mean, std = (np.asarray(v, np.float32)[:, None] for v in (ip.image_mean, ip.image_std))
                 lut = (lut - mean) / std
-            self._lut = lut.astype(np.float32)
+            lut = lut.astype(np.float32)
+            # One table when the three channels share their normalisation: then one lookup per call.
+            self._lut = lut[0] if (lut == lut[0]).all() else lut
         pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id, self._frame_cache,
                               channels_first=True)
-        if (self._lut == self._lut[0]).all():  # one table for the three channels: one lookup
-            return torch.from_numpy(np.take(self._lut[0], pixels))
+        if self._lut.ndim == 1:
+            return torch.from_numpy(np.take(self._lut, pixels))
         out = np.empty(pixels.shape, np.float32)
         for c in range(3):
             np.take(self._lut[c], pixels[:, :, c], out=out[:, :, c])

@@ -65,7 +65,7 @@ def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: 
 
 
 def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> pa.Table:
-    """One episode's rows (``EPISODE_FEATURES``) as an Arrow table, built column by column."""
+    """One episode's rows (``EPISODE_FEATURES``' columns) as an Arrow table, built column by column."""
     steps = episode.steps
     n = len(steps)
     returns = discounted_returns([s.reward for s in steps], gamma)
@@ -92,7 +92,7 @@ def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: 
         "model": pa.array([model] * n, pa.string()),
         "iteration": pa.array(np.full(n, iteration, np.int32)),
     }
-    return pa.table(columns).cast(EPISODE_FEATURES.arrow_schema)
+    return pa.table(columns)  # write_shard casts it to EPISODE_FEATURES' schema
 
 
 class EncodedFrame:

@@ -28,6 +28,10 @@ BACKGROUND_LUMINANCE: dict[str, float] = {"Pong": 87.0}
 _MOTION_GAIN = 1.7  # maps the ball's contrast (~149) to ~254
 
 
+# What train.py writes beside a checkpoint: the observation it was fine-tuned on (the probe reads it).
+OBSERVATION_FILE = "vlmrl_observation.json"
+
+
 @dataclass(frozen=True)
 class ObservationConfig:
     """How frames become images: count, encoding, crop and size."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from vlmrl.observation import ObservationConfig, encode_observation
+from vlmrl.observation import OBSERVATION_FILE, ObservationConfig, encode_observation
 from vlmrl.perception import (
     GAME_ID,
     QUESTIONS,
@@ -40,22 +40,17 @@ DEFAULT_PROBE_SEED = 12345
 DEFAULT_OBSERVATION = ObservationConfig(frames=2, encoding="rgb", crop=False, image_size=384)
 
 
-# What train.py writes beside a checkpoint: the observation it was fine-tuned on.
-OBSERVATION_FILE = "vlmrl_observation.json"
-
-
 def observation_for(model_path: str | Path) -> ObservationConfig:
     """The observation config a model was built or fine-tuned for, else the default.
 
     The tiny model records it in ``tiny_config.json``; train.py in ``vlmrl_observation.json``.
     """
-    for name in ("tiny_config.json", OBSERVATION_FILE):
-        recorded = Path(model_path) / name
-        if recorded.is_file():
-            data = json.loads(recorded.read_text())
-            observation = data.get("observation", data) if name == "tiny_config.json" else data
-            if observation:
-                return ObservationConfig(**observation)
+    tiny = Path(model_path) / "tiny_config.json"
+    if tiny.is_file() and (observation := json.loads(tiny.read_text()).get("observation")):
+        return ObservationConfig(**observation)
+    tuned = Path(model_path) / OBSERVATION_FILE
+    if tuned.is_file():
+        return ObservationConfig(**json.loads(tuned.read_text()))
     return DEFAULT_OBSERVATION
 
 

@@ -8,7 +8,7 @@ one or more reflections datasets, CPU-safe defaults, resuming, and the checkpoin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from datasets import concatenate_datasets
 from vlmrl.configs import ObservationArguments
 from vlmrl.data import check_manifest, meta_path, require_columns, write_json
 from vlmrl.hub import load_dataset_reference
+from vlmrl.observation import OBSERVATION_FILE
 
 MANIFEST = "vlmrl_train.json"
 METRICS = "train_metrics.json"
@@ -189,10 +190,6 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)
-        from dataclasses import asdict
-
-        from vlmrl.probe import OBSERVATION_FILE
-
         # What the checkpoint sees, for tools that only get its path (the vision probe).
         write_json(output_dir / OBSERVATION_FILE, asdict(observation))
         from vlmrl.hub import write_model_card
