@@ -5,7 +5,7 @@ import pytest
 
 from vlmrl.agent import Decision
 from vlmrl.configs import EvaluateArguments
-from vlmrl.evaluation import evaluate, oracle_agreement
+from vlmrl.evaluation import evaluate, format_results, oracle_agreement, oracle_agreement_by_phase
 from vlmrl.oracle import make_pong_ram
 from vlmrl.results import RESULTS_KEYS, eval_seeds
 from vlmrl.rollout import EpisodeRecord, StepRecord
@@ -34,6 +34,24 @@ def test_oracle_agreement_on_a_known_case():
     assert oracle_agreement("ALE/Breakout-v5", [EpisodeRecord(0, 0, steps)]) is None
 
 
+def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
+    # Toward (x 140 -> 150): the oracle goes up for a ball far above; away (x 150 -> 140): it
+    # returns to the middle (down from a paddle at the top); out of play: it waits in the middle.
+    rams = [_ram(150, 60, 150), _ram(150, 60, 150), _ram(140, 100, 40), _ram(0, 0, 118)]
+    prevs = [_ram(140, 60, 150), _ram(140, 60, 150), _ram(150, 100, 40), _ram(0, 0, 118)]
+    actions = ["RIGHT", "LEFT", "LEFT", "NOOP"]  # agree, disagree, agree, agree
+    steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
+             for r, p, a in zip(rams, prevs, actions, strict=True)]
+    episodes = [EpisodeRecord(0, 0, steps[:2]), EpisodeRecord(1, 1, steps[2:])]
+    split = oracle_agreement_by_phase("ALE/Pong-v5", episodes)
+    assert split == {"toward": {"agreement": 0.5, "steps": 2}, "away": {"agreement": 1.0, "steps": 1},
+                     "none": {"agreement": 1.0, "steps": 1}}
+    assert oracle_agreement("ALE/Pong-v5", episodes) == pytest.approx(3 / 4)
+    assert oracle_agreement_by_phase("ALE/Breakout-v5", episodes) is None
+    only_toward = oracle_agreement_by_phase("ALE/Pong-v5", episodes[:1])
+    assert only_toward["away"] == {"agreement": None, "steps": 0}
+
+
 def test_random_policy_results_follow_the_schema(tmp_path):
     results = evaluate(EvaluateArguments(policy="random", episodes=3, max_steps=40, num_envs=3,
                                          output_dir=str(tmp_path), progress=False))
@@ -47,6 +65,11 @@ def test_random_policy_results_follow_the_schema(tmp_path):
     assert min(saved["returns"]) <= low + 1e-9 or low >= min(saved["returns"])
     assert saved["human_normalized"] == pytest.approx((saved["mean_return"] + 20.7) / (14.6 + 20.7))
     assert 0.0 <= saved["oracle_agreement"] <= 1.0 and saved["invalid_rate"] == 0.0
+    split = saved["oracle_agreement_by_phase"]
+    assert set(split) == {"toward", "away", "none"} and sum(p["steps"] for p in split.values()) == 120
+    agreed = sum(p["agreement"] * p["steps"] for p in split.values() if p["steps"])
+    assert agreed / 120 == pytest.approx(saved["oracle_agreement"])
+    assert "oracle agreement" in format_results(saved)
     assert (tmp_path / "episode.gif").exists() and saved["video"].endswith("episode.gif")
 
 

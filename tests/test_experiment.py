@@ -15,10 +15,11 @@ from vlmrl.results import build_results, write_results
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _results(returns, agreement):
+def _results(returns, agreement, toward=None):
+    split = None if toward is None else {"toward": {"agreement": toward, "steps": 10}}
     return build_results(model="m", game="ALE/Pong-v5", policy="model", seeds=list(range(len(returns))),
                          returns=returns, oracle_agreement=agreement, invalid_rate=0.0, env_steps=100,
-                         steps_per_s=10.0, video=None)
+                         steps_per_s=10.0, video=None, oracle_agreement_by_phase=split)
 
 
 def _recipe(tmp_path, base_model):
@@ -33,7 +34,7 @@ def test_summary_with_two_iterations(tmp_path):
     write_results(exp / "iteration_0" / "results.json", _results([-21, -20], 0.3))
     for k, (ret, steps) in enumerate([([-15, -13], 500), ([-8, -6], 700)], start=1):
         it = exp / f"iteration_{k}"
-        write_results(it / "results.json", _results(ret, 0.3 + 0.2 * k))
+        write_results(it / "results.json", _results(ret, 0.3 + 0.2 * k, toward=0.25 * k))
         (it / "episodes" / ".vlmrl").mkdir(parents=True)
         (it / "episodes" / ".vlmrl" / "summary.json").write_text(json.dumps({"steps": steps, "mean_return": -20}))
         (it / "reflections" / ".vlmrl").mkdir(parents=True)
@@ -49,6 +50,7 @@ def test_summary_with_two_iterations(tmp_path):
     assert its[2]["eval"]["mean_return"] == -7.0 and its[2]["train"]["train_loss"] == 0.5
     table = format_table(summary)
     assert table.count("\n") == 4 and "| 2 | 1200 |" in table
+    assert "| 0.700 | 0.500 | 0.0% |" in table and "| 0.300 | - | 0.0% |" in table  # the base: no split
     png = plot_learning_curve(summary, {"random": _results([-20.7], None)}, tmp_path / "curve.png")
     assert png.stat().st_size > 1000
 

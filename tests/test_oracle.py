@@ -15,8 +15,10 @@ from vlmrl.oracle import (
     OracleDecision,
     PongOracle,
     action_class,
+    ball_phase,
     get_oracle,
     has_oracle,
+    make_pong_ram,
     parse_pong_ram,
     predict_intercept_y,
     same_class,
@@ -260,3 +262,13 @@ def test_make_pong_ram_is_the_inverse_of_parsing():
     state = parse_pong_ram(make_pong_ram(ball_x=120, ball_y=90, player_y=70, cpu_y=60))
     assert (state.ball_x, state.ball_y, state.player_y, state.cpu_y) == (120, 90, 70, 60)
     assert state.ball_in_play and not parse_pong_ram(make_pong_ram()).ball_in_play
+
+
+def test_ball_phase_follows_the_ball_across_the_court():
+    ram = make_pong_ram
+    assert ball_phase(ram(150, 100, 100), ram(146, 98, 100)) == "toward"  # x grows toward the player
+    assert ball_phase(ram(140, 100, 100), ram(146, 98, 100)) == "away"
+    assert ball_phase(ram(150, 100, 100), None) == "none"  # one frame: no direction yet
+    assert ball_phase(ram(150, 100, 100), ram(150, 96, 100)) == "none"  # no horizontal motion
+    assert ball_phase(ram(0, 0, 100), ram(146, 98, 100)) == "none"  # point over: ball out of play
+    assert ball_phase(ram(150, 100, 100), ram(0, 0, 100)) == "none"  # served this step

@@ -11,6 +11,7 @@ import pytest
 from vlmrl.results import (
     EVAL_SEED_OFFSET,
     HUMAN_RANDOM_SCORES,
+    OPTIONAL_RESULTS_KEYS,
     RESULTS_KEYS,
     ResultsSchemaError,
     bootstrap_ci,
@@ -114,7 +115,7 @@ def test_eval_seeds_are_disjoint_from_collection_seeds():
 
 def test_build_results_has_exactly_the_schema():
     results = _results()
-    assert tuple(results) == RESULTS_KEYS
+    assert tuple(results) == RESULTS_KEYS + OPTIONAL_RESULTS_KEYS
     assert results["episodes"] == 3
     assert results["mean_return"] == pytest.approx(-20.0)
     assert results["std_return"] == pytest.approx(np.std([-21.0, -19.0, -20.0]))
@@ -181,3 +182,22 @@ def test_write_refuses_an_invalid_record(tmp_path):
     with pytest.raises(ResultsSchemaError, match="missing keys"):
         write_results(tmp_path / "results.json", {"model": "m"})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_agreement_by_phase_is_checked_and_optional(tmp_path):
+    split = {"toward": {"agreement": 0.5, "steps": 4}, "away": {"agreement": None, "steps": 0}}
+    results = _results(oracle_agreement_by_phase=split)
+    assert results["oracle_agreement_by_phase"] == split
+    with pytest.raises(ResultsSchemaError, match="toward"):
+        _results(oracle_agreement_by_phase={"toward": {"agreement": 1.5, "steps": 4}})
+    with pytest.raises(ResultsSchemaError, match="agreement and steps"):
+        _results(oracle_agreement_by_phase={"toward": {"agreement": 0.5}})
+    # A record written before the split existed still loads, without a warning.
+    older = {k: v for k, v in _results().items() if k != "oracle_agreement_by_phase"}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(older))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_results(path) == older

@@ -11,7 +11,7 @@ from PIL import Image
 from vlmrl.collection import build_policy
 from vlmrl.configs import EvaluateArguments
 from vlmrl.data import ensure_writable, meta_path, write_json
-from vlmrl.env import AtariBatch
+from vlmrl.env import AtariBatch, game_name
 from vlmrl.results import build_results, eval_seeds, write_results
 from vlmrl.rollout import EpisodeRecord, play_episodes
 
@@ -21,18 +21,44 @@ TRAIN_MANIFEST = "vlmrl_train.json"  # marks a checkpoint written by train.py
 
 def oracle_agreement(game_id: str, episodes: list[EpisodeRecord]) -> float | None:
     """Share of steps whose action is in the oracle's class (up/down/stay); None without an oracle."""
+    per_step = _agreement_per_step(game_id, episodes)
+    if per_step is None or not per_step:
+        return None
+    return sum(per_step) / len(per_step)
+
+
+def oracle_agreement_by_phase(game_id: str, episodes: list[EpisodeRecord]) -> dict | None:
+    """Oracle agreement split by where the ball is in the rally (Pong): {phase: {agreement, steps}}.
+
+    Agreement while the ball comes toward the player is the part that wins or loses points; while
+    it goes away, "drift back to the middle" is easy. None for a game without a phase split.
+    """
+    from vlmrl.oracle import BALL_PHASES, ball_phase
+
+    per_step = _agreement_per_step(game_id, episodes)
+    if per_step is None or game_name(game_id).lower() != "pong":
+        return None
+    phases = [ball_phase(s.ram, s.prev_ram) for e in episodes for s in e.steps]
+    split = {}
+    for phase in BALL_PHASES:
+        hits = [agree for agree, p in zip(per_step, phases, strict=True) if p == phase]
+        split[phase] = {"agreement": sum(hits) / len(hits) if hits else None, "steps": len(hits)}
+    return split
+
+
+def _agreement_per_step(game_id: str, episodes: list[EpisodeRecord]) -> list[bool] | None:
+    """Whether each step's action is in the oracle's class, in order; None without an oracle."""
     from vlmrl.oracle import get_oracle, has_oracle, same_class
 
     if not has_oracle(game_id):
         return None
     oracle = get_oracle(game_id)
-    agree = total = 0
+    out = []
     for episode in episodes:
         decisions = oracle.decide_batch([s.ram for s in episode.steps], [s.prev_ram for s in episode.steps])
-        agree += sum(same_class(game_id, s.decision.action, d.action) for s, d in zip(episode.steps, decisions,
-                                                                                      strict=True))
-        total += len(episode.steps)
-    return agree / total if total else None
+        out += [same_class(game_id, s.decision.action, d.action) for s, d in zip(episode.steps, decisions,
+                                                                                   strict=True)]
+    return out
 
 
 def save_gif(frames: list[np.ndarray], path: Path, max_frames: int, fps: int = 15) -> Path:
@@ -72,6 +98,7 @@ def evaluate(args: EvaluateArguments) -> dict:
         seeds=seeds,
         returns=[e.episode_return for e in episodes],
         oracle_agreement=oracle_agreement(args.game, episodes),
+        oracle_agreement_by_phase=oracle_agreement_by_phase(args.game, episodes),
         invalid_rate=sum(e.invalid_steps for e in episodes) / steps,
         env_steps=steps,
         steps_per_s=steps / wall,
@@ -99,10 +126,13 @@ def format_results(results: dict) -> str:
     low, high = results["ci95"]
     agreement = results["oracle_agreement"]
     hn = results["human_normalized"]
+    split = results.get("oracle_agreement_by_phase") or {}
+    toward = (split.get("toward") or {}).get("agreement")
     return (
         f"{results['policy']} {results['model']}: mean return {results['mean_return']:+.2f} "
         f"(95% CI {low:+.2f}..{high:+.2f}, std {results['std_return']:.2f}, {results['episodes']} episodes)"
         f" | human-normalised {'-' if hn is None else f'{hn:.3f}'}"
         f" | oracle agreement {'-' if agreement is None else f'{agreement:.3f}'}"
+        f"{'' if toward is None else f' ({toward:.3f} with the ball coming toward you)'}"
         f" | invalid {results['invalid_rate']:.1%} | {results['env_steps']} steps at {results['steps_per_s']:.0f}/s"
     )

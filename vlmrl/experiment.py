@@ -214,6 +214,8 @@ def write_tensorboard(summary: dict, log_dir: Path) -> None:
             writer.add_scalar("eval/mean_return", ev["mean_return"], k)
             if ev.get("oracle_agreement") is not None:
                 writer.add_scalar("eval/oracle_agreement", ev["oracle_agreement"], k)
+            if _toward(ev) is not None:
+                writer.add_scalar("eval/oracle_agreement_ball_toward", _toward(ev), k)
             if entry.get("trial") and entry["trial"].get("mean_return") is not None:
                 writer.add_scalar("trial/mean_return", entry["trial"]["mean_return"], k)
             reflection = entry.get("reflection") or {}
@@ -229,8 +231,8 @@ def format_table(summary: dict) -> str:
     """The per-iteration table ``make report`` prints (markdown)."""
     rows = [
         "| iteration | agent steps | trial return | reflected | reflection acc. | train loss | eval return (95% CI) "
-        "| oracle agreement | invalid |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| oracle agreement | agreement, ball toward you | invalid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in summary["iterations"]:
         ev, trial = e["eval"], e.get("trial") or {}
@@ -242,9 +244,14 @@ def format_table(summary: dict) -> str:
             f"{_fmt(trial.get('mean_return'), '+.2f')} | {refl.get('reflected', '-')} | {_fmt(acc, '.3f')} | "
             f"{_fmt(train.get('train_loss'), '.3f')} | "
             f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
-            f"| {_fmt(agreement, '.3f')} | {ev['invalid_rate']:.1%} |"
+            f"| {_fmt(agreement, '.3f')} | {_fmt(_toward(ev), '.3f')} | {ev['invalid_rate']:.1%} |"
         )
     return "\n".join(rows)
+
+
+def _toward(ev: dict) -> float | None:
+    """Agreement while the ball comes toward the player (results written before it existed: None)."""
+    return ((ev.get("oracle_agreement_by_phase") or {}).get("toward") or {}).get("agreement")
 
 
 def _fmt(value, spec: str) -> str:

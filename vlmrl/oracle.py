@@ -109,6 +109,22 @@ def parse_pong_ram(ram: Sequence[int] | np.ndarray) -> PongState:
     )
 
 
+BALL_PHASES = ("toward", "away", "none")
+
+
+def ball_phase(ram: Sequence[int] | np.ndarray, prev_ram: Sequence[int] | np.ndarray | None) -> str:
+    """Where a step sits in a rally: the ball coming "toward" the player, going "away", or "none".
+
+    "none" is a ball out of play, or one whose direction two frames cannot tell yet (no previous
+    step, or no horizontal motion). The oracle aims at the crossing point only when "toward".
+    """
+    state = parse_pong_ram(ram)
+    prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
+    if prev is None or not (state.ball_in_play and prev.ball_in_play) or state.ball_x == prev.ball_x:
+        return "none"
+    return "toward" if state.ball_x > prev.ball_x else "away"
+
+
 def predict_intercept_y(ball_x: float, ball_y: float, vx: float, vy: float, x: float = PLAYER_HIT_X) -> float:
     """The ball's y when it reaches column ``x``, folding its path at the top and bottom walls."""
     if vx == 0:

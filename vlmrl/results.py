@@ -69,6 +69,8 @@ RESULTS_KEYS: tuple[str, ...] = (
     "steps_per_s",
     "video",
 )
+# Keys a results.json may hold beyond the required ones (older records lack them).
+OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase",)
 
 # Collections seed episode i of a run with seed + i, seeds below this: evaluation never reuses them.
 EVAL_SEED_OFFSET = 1_000_000
@@ -154,8 +156,12 @@ def build_results(
     env_steps: int,
     steps_per_s: float,
     video: str | None,
+    oracle_agreement_by_phase: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """The results.json record of one evaluation: one return per seeded episode plus its statistics."""
+    """The results.json record of one evaluation: one return per seeded episode plus its statistics.
+
+    ``oracle_agreement_by_phase`` maps a phase of play to ``{"agreement": fraction or None, "steps": n}``.
+    """
     if len(returns) == 0:
         raise ResultsSchemaError("an evaluation needs at least one episode's return, got none")
     if len(seeds) != len(returns):
@@ -179,7 +185,21 @@ def build_results(
         "env_steps": int(env_steps),
         "steps_per_s": float(steps_per_s),
         "video": None if video is None else str(video),
+        "oracle_agreement_by_phase": _by_phase(oracle_agreement_by_phase),
     }
+
+
+def _by_phase(split: dict[str, dict] | None) -> dict[str, dict] | None:
+    if split is None:
+        return None
+    out = {}
+    for phase, entry in split.items():
+        if set(entry) != {"agreement", "steps"}:
+            raise ResultsSchemaError(f"oracle_agreement_by_phase[{phase!r}] needs agreement and steps, got {entry}")
+        out[str(phase)] = {"agreement": _fraction(f"oracle_agreement_by_phase[{phase!r}]", entry["agreement"],
+                                                  allow_none=True),
+                           "steps": int(entry["steps"])}
+    return out
 
 
 def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
@@ -204,7 +224,7 @@ def validate_results(results: Any, source: str = "results") -> dict[str, Any]:
     ci95 = results["ci95"]
     if not isinstance(ci95, list) or len(ci95) != 2:
         raise ResultsSchemaError(f"{source}: 'ci95' must be [low, high], got {ci95!r}")
-    extra = sorted(set(results) - set(RESULTS_KEYS))
+    extra = sorted(set(results) - set(RESULTS_KEYS) - set(OPTIONAL_RESULTS_KEYS))
     if extra:
         # Newer writers may add keys; readers here only rely on the documented ones.
         warnings.warn(f"{source}: keys outside the results.json schema ignored: {extra}", stacklevel=2)
