@@ -10,7 +10,11 @@ EXP ?= demo
 RECIPE ?= recipes/tiny-smolvlm/pong
 N ?= 1
 ITERATIONS ?= 2
-TINY_MODEL := data/models/tiny-smolvlm
+TINY_MODEL ?= data/models/tiny-smolvlm
+# Extra flags of the tiny model's build, e.g. TINY_ARGS=--physics-caption (give it its own TINY_MODEL).
+TINY_ARGS ?=
+# The base model of iteration 1 (and of entry 0), instead of the recipe's: e.g. BASE=$(TINY_MODEL).
+BASE ?=
 GAME ?= ALE/Pong-v5
 REF_EPISODES ?= 10
 # Seed knobs: empty means "as the recipe says".
@@ -33,7 +37,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
-	$(if $(LAUNCH),--launch "$(LAUNCH)")
+	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # The tiny recipe's base model is built here; other recipes' come from the Hub.
 BASE_DEP ?= $(if $(findstring tiny-smolvlm,$(RECIPE)),$(TINY_MODEL)/config.json)
@@ -63,7 +67,7 @@ lint: $(STAMP)
 tiny-model: $(TINY_MODEL)/config.json
 
 $(TINY_MODEL)/config.json: | $(STAMP)
-	$(PY) -m vlmrl.tiny_model --output-dir $(TINY_MODEL)
+	$(PY) -m vlmrl.tiny_model --output-dir $(TINY_MODEL) $(TINY_ARGS)
 
 # --- reference lines: the random and the oracle policy under the evaluation protocol --------------
 REF_DIR = data/reference/$(shell echo '$(GAME)' | sed 's|.*/||' | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\{1,\}/-/g')

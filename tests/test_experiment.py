@@ -69,6 +69,14 @@ def test_phase_commands_chain_the_iterations(tmp_path):
     assert train3[train3.index("--learning_rate") + 1] == "1e-3" and "u/p" in train3
     base_eval = phase_command("evaluate", exp_dir=exp, recipe=recipe, k=0, overrides={})
     assert base_eval[base_eval.index("--model") + 1] == "base-model-path"
+    # BASE=... (--base-model) replaces the recipe's base for entry 0 and iteration 1 only.
+    other = {"base_model": "other-base"}
+    for phase, k in (("evaluate", 0), ("collect", 1), ("train", 1)):
+        cmd = phase_command(phase, exp_dir=exp, recipe=recipe, k=k, overrides=other)
+        flag = "--model_name_or_path" if phase == "train" else "--model"
+        assert cmd[cmd.index(flag) + 1] == "other-base"
+    assert phase_command("collect", exp_dir=exp, recipe=recipe, k=2, overrides=other)[
+        collect2.index("--model") + 1] == str(exp / "iteration_1" / "checkpoint")
 
 
 def _make(tmp_path, recipe, *targets, **variables):

@@ -57,11 +57,11 @@ def model_for(exp_dir: Path, k: int, base_model: str) -> str:
 def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dict) -> list[str]:
     """The command line of one phase of iteration k (k = 0: the base model's evaluation)."""
     settings = recipe_settings(recipe)
-    base = settings["base_model"]
+    o = {key: v for key, v in overrides.items() if v not in (None, "")}
+    base = o.get("base_model") or settings["base_model"]
     it = iteration_dir(exp_dir, k)
     py = [sys.executable]
     config = ["--config", str(recipe / f"{phase}.yaml")]
-    o = {key: v for key, v in overrides.items() if v not in (None, "")}
     hub = o.get("hub")
     if phase == "collect":
         cmd = [*py, str(ROOT / "collect.py"), *config, "--model", model_for(exp_dir, k, base),
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
+        ("--base-model", "the base model of iteration 1 and of entry 0, instead of the recipe's base_model"),
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
     ):
         p.add_argument(flag, default=None, help=helptext)

@@ -27,7 +27,7 @@ import torch
 
 from vlmrl.env import AtariBatch, game_name
 from vlmrl.observation import PLAYFIELD_ROWS, ObservationConfig, encode_observation
-from vlmrl.oracle import PADDLE_CENTRE_OFFSET, get_oracle, parse_pong_ram
+from vlmrl.oracle import PADDLE_CENTRE_OFFSET, PongOracle, get_oracle, parse_pong_ram, predict_intercept_y
 
 GAME_ID = "ALE/Pong-v5"
 PLAYFIELD_HEIGHT = PLAYFIELD_ROWS["Pong"][1] - PLAYFIELD_ROWS["Pong"][0]  # 160 rows
@@ -65,6 +65,11 @@ class PongScene:
     # "toward" the player's paddle (rightward) / "away"; not "left"/"right": in Pong those are
     # action names (they move the paddle down/up).
     horizontal: str | None
+    # Physics read off two frames (what the oracle computes, no action): the row where the ball
+    # will cross the paddle's column when it comes toward the player (walls folded in; None
+    # otherwise), and the row where the paddle would come to rest if released now (momentum).
+    crossing_row: int | None = None
+    paddle_rest_row: int | None = None
 
 
 def ball_drawn(frame: np.ndarray, game_id: str = GAME_ID) -> bool:
@@ -87,15 +92,19 @@ def scene_from_ram(
     state = parse_pong_ram(ram)
     prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
     paddle_row = state.player_y - _PADDLE_ROW_OFFSET
+    paddle_v = state.player_y - prev.player_y if prev is not None else 0
+    rest_row = round(paddle_row + PongOracle.momentum * paddle_v)
     if not (state.ball_in_play and drawn):
-        return PongScene(False, None, None, paddle_row, None, None, None)
+        return PongScene(False, None, None, paddle_row, None, None, None, paddle_rest_row=rest_row)
     # Same threshold as the oracle's: ball_y - paddle_y == PADDLE_CENTRE_OFFSET is the paddle's middle.
     above = state.ball_y - state.player_y < PADDLE_CENTRE_OFFSET
-    vertical = horizontal = None
+    vertical = horizontal = crossing = None
     if prev is not None and prev.ball_in_play:
         dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
         vertical = "up" if dy < 0 else "down" if dy > 0 else None
         horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
+        if dx > 0:
+            crossing = round(predict_intercept_y(state.ball_x, state.ball_y, dx, dy)) - _BALL_ROW_OFFSET
     return PongScene(
         ball_visible=True,
         ball_row=state.ball_y - _BALL_ROW_OFFSET,
@@ -104,6 +113,8 @@ def scene_from_ram(
         ball_above_paddle=above,
         vertical=vertical,
         horizontal=horizontal,
+        crossing_row=crossing,
+        paddle_rest_row=rest_row,
     )
 
 
@@ -126,13 +137,15 @@ def _bucket(value: int, size: int) -> int:
     return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
 
 
-def caption_tokens(scene: PongScene) -> list[str]:
+def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
     """Six one-token pieces: ball above/below the paddle, ball row, ball column, paddle row,
     vertical and horizontal direction. Above/below comes first: after the row tokens it would
     leak under teacher forcing (FACTS). Above/below and the directions are the probe's answer
     words (" above", " up", " toward"): the caption trains the very tokens the questions are
     answered with. No action names: this teaches seeing, not playing."""
     paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
+    if physics:
+        return physics_tokens(scene) + caption_tokens(scene)
     if not scene.ball_visible:
         return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [
@@ -143,6 +156,17 @@ def caption_tokens(scene: PongScene) -> list[str]:
         option_text(scene.vertical) if scene.vertical else "<vnone>",
         option_text(scene.horizontal) if scene.horizontal else "<hnone>",
     ]
+
+
+def physics_tokens(scene: PongScene) -> list[str]:
+    """Two pieces put before the caption with ``physics``: the row bucket where the ball will cross
+    the paddle's column (``<hnone>`` when it is not coming toward the player) and the row bucket
+    where the paddle would come to rest. They reuse the row tokens (``<y..>``, ``<p..>``): the
+    vocabulary, and so the default build, stay the same. First, so that nothing after them gives
+    them away under teacher forcing."""
+    crossing = "<hnone>" if scene.crossing_row is None else f"<y{_bucket(scene.crossing_row, PLAYFIELD_HEIGHT)}>"
+    rest = scene.paddle_rest_row if scene.paddle_rest_row is not None else scene.paddle_row
+    return [crossing, f"<p{_bucket(rest, PLAYFIELD_HEIGHT)}>"]
 
 
 # --- the probe's questions --------------------------------------------------------------------
@@ -338,6 +362,9 @@ class PretrainConfig:
     # agent needs most, and the question the build is judged on.
     question_weights: dict[str, float] = field(default_factory=lambda: {"above_below": 2.0})
     seed: int = 0
+    # Caption also where the ball will cross the paddle's column and where the paddle would come
+    # to rest (``physics_tokens``): what the oracle's decisions turn on, still no action.
+    physics_caption: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.epochs <= 0 or self.batch_size < 1:
@@ -411,7 +438,7 @@ def _task_prompts(processor, observation: ObservationConfig, sample: np.ndarray)
     return ids
 
 
-def _target_ids(tokenizer, scenes: list[PongScene]) -> dict[str, list[list[int] | None]]:
+def _target_ids(tokenizer, scenes: list[PongScene], physics: bool = False) -> dict[str, list[list[int] | None]]:
     """Per task, each sample's answer token ids (None where the question has no answer)."""
     eos = tokenizer.eos_token_id
     piece_ids: dict[str, int] = {}
@@ -427,7 +454,7 @@ def _target_ids(tokenizer, scenes: list[PongScene]) -> dict[str, list[list[int] 
             piece_ids[piece] = ids[0]
         return piece_ids[piece]
 
-    caption = [[one_token(p) for p in caption_tokens(s)] + [eos] for s in scenes]
+    caption = [[one_token(p) for p in caption_tokens(s, physics)] + [eos] for s in scenes]
     targets: dict[str, list[list[int] | None]] = {"caption": caption}
     for q in QUESTIONS:
         encoded = {o: tokenizer(option_text(o), add_special_tokens=False)["input_ids"] + [eos] for o in q.options}
@@ -486,7 +513,7 @@ def pretrain_perception(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     prompts = _task_prompts(processor, observation, data.images[0])
-    targets = _target_ids(tokenizer, data.scenes)
+    targets = _target_ids(tokenizer, data.scenes, config.physics_caption)
     pixels = PixelPath(processor, data.images[:8])
     tasks = list(prompts)  # "caption" first, then the questions
     weights = np.array([config.question_weights.get(t, 1.0) for t in tasks[1:]])

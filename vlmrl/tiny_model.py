@@ -273,8 +273,17 @@ def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: P
     return {
         **asdict(config),
         "observation": asdict(observation),
-        "pretrain": asdict(pretrain) if pretrain is not None else None,
+        "pretrain": _pretrain_recipe(pretrain),
     }
+
+
+def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:
+    if pretrain is None:
+        return None
+    recipe = asdict(pretrain)
+    if not recipe["physics_caption"]:  # builds recorded before the option existed stay "the same recipe"
+        del recipe["physics_caption"]
+    return recipe
 
 
 def built_recipe(output_dir: str | Path) -> dict | None:
@@ -385,6 +394,11 @@ def main(argv: list[str] | None = None) -> None:
         help="passes over them; fractions allowed (default %(default)s)",
     )
     parser.add_argument(
+        "--physics-caption", action="store_true",
+        help="also caption where the ball will cross your paddle's column and where your paddle would come to "
+        "rest (the physics the oracle's decisions turn on; still no action labels)",
+    )
+    parser.add_argument(
         "--probe-frames", type=int, default=500,
         help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
     )
@@ -398,7 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     pretrain = None
     if not args.no_pretrain:
         try:
-            pretrain = PretrainConfig(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed)
+            pretrain = PretrainConfig(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
+                                      physics_caption=args.physics_caption)
         except ValueError as err:
             parser.error(str(err))
     out = Path(args.output_dir)
