@@ -142,7 +142,8 @@ def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
     vertical and horizontal direction. Above/below comes first: after the row tokens it would
     leak under teacher forcing (FACTS). Above/below and the directions are the probe's answer
     words (" above", " up", " toward"): the caption trains the very tokens the questions are
-    answered with. No action names: this teaches seeing, not playing."""
+    answered with. No action names: this teaches seeing, not playing. With ``physics`` the two
+    ``physics_tokens`` come first (eight pieces)."""
     paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if physics:
         return physics_tokens(scene) + caption_tokens(scene)
