@@ -117,3 +117,14 @@ def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatc
 def test_cli_rejects_bad_pretrain_settings(tmp_path):
     with pytest.raises(SystemExit):
         main(["--output-dir", str(tmp_path / "x"), "--pretrain-frames", "0", "--threads", "0"])
+
+
+def test_physics_caption_is_a_separate_recipe_and_the_default_recipe_is_unchanged():
+    config = TinyModelConfig()
+    observation = tiny_model.observation_config(config)
+    default = tiny_model._recipe(config, observation, PretrainConfig())
+    physics = tiny_model._recipe(config, observation, PretrainConfig(physics_caption=True))
+    # Builds recorded before the option existed have no such key: they must still count as built.
+    assert "physics_caption" not in default["pretrain"]
+    assert physics["pretrain"]["physics_caption"] is True and physics != default
+    assert {k: v for k, v in physics["pretrain"].items() if k != "physics_caption"} == default["pretrain"]
