@@ -5,7 +5,7 @@ import pytest
 
 from vlmrl.agent import Decision
 from vlmrl.configs import EvaluateArguments
-from vlmrl.evaluation import evaluate, format_results, oracle_agreement, oracle_agreement_by_phase
+from vlmrl.evaluation import evaluate, format_results, oracle_agreement, oracle_agreement_stats
 from vlmrl.oracle import make_pong_ram
 from vlmrl.results import RESULTS_KEYS, eval_seeds
 from vlmrl.rollout import EpisodeRecord, StepRecord
@@ -43,12 +43,12 @@ def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
     steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
              for r, p, a in zip(rams, prevs, actions, strict=True)]
     episodes = [EpisodeRecord(0, 0, steps[:2]), EpisodeRecord(1, 1, steps[2:])]
-    split = oracle_agreement_by_phase("ALE/Pong-v5", episodes)
+    overall, split = oracle_agreement_stats("ALE/Pong-v5", episodes)
     assert split == {"toward": {"agreement": 0.5, "steps": 2}, "away": {"agreement": 1.0, "steps": 1},
                      "none": {"agreement": 1.0, "steps": 1}}
-    assert oracle_agreement("ALE/Pong-v5", episodes) == pytest.approx(3 / 4)
-    assert oracle_agreement_by_phase("ALE/Breakout-v5", episodes) is None
-    only_toward = oracle_agreement_by_phase("ALE/Pong-v5", episodes[:1])
+    assert oracle_agreement("ALE/Pong-v5", episodes) == pytest.approx(3 / 4) == overall
+    assert oracle_agreement_stats("ALE/Breakout-v5", episodes) == (None, None)
+    only_toward = oracle_agreement_stats("ALE/Pong-v5", episodes[:1])[1]
     assert only_toward["away"] == {"agreement": None, "steps": 0}
 
 

@@ -15,6 +15,7 @@ from vlmrl.oracle import (
     OracleDecision,
     PongOracle,
     action_class,
+    agreement_by_phase,
     ball_phase,
     get_oracle,
     has_oracle,
@@ -272,3 +273,11 @@ def test_ball_phase_follows_the_ball_across_the_court():
     assert ball_phase(ram(150, 100, 100), ram(150, 96, 100)) == "none"  # no horizontal motion
     assert ball_phase(ram(0, 0, 100), ram(146, 98, 100)) == "none"  # point over: ball out of play
     assert ball_phase(ram(150, 100, 100), ram(0, 0, 100)) == "none"  # served this step
+
+
+def test_agreement_by_phase_counts_each_phase():
+    split = agreement_by_phase([True, False, True, True], ["toward", "toward", "away", "toward"])
+    assert split == {"toward": {"agreement": 2 / 3, "steps": 3}, "away": {"agreement": 1.0, "steps": 1},
+                     "none": {"agreement": None, "steps": 0}}
+    with pytest.raises(ValueError, match="one phase per step"):
+        agreement_by_phase([True], [])

@@ -21,29 +21,26 @@ TRAIN_MANIFEST = "vlmrl_train.json"  # marks a checkpoint written by train.py
 
 def oracle_agreement(game_id: str, episodes: list[EpisodeRecord]) -> float | None:
     """Share of steps whose action is in the oracle's class (up/down/stay); None without an oracle."""
-    per_step = _agreement_per_step(game_id, episodes)
-    if per_step is None or not per_step:
-        return None
-    return sum(per_step) / len(per_step)
+    return oracle_agreement_stats(game_id, episodes)[0]
 
 
-def oracle_agreement_by_phase(game_id: str, episodes: list[EpisodeRecord]) -> dict | None:
-    """Oracle agreement split by where the ball is in the rally (Pong): {phase: {agreement, steps}}.
+def oracle_agreement_stats(game_id: str, episodes: list[EpisodeRecord]) -> tuple[float | None, dict | None]:
+    """The oracle agreement, and (Pong) the same split by where the ball is in the rally:
+    ``{phase: {agreement, steps}}`` for ``vlmrl.oracle.BALL_PHASES``; each None where it does not apply.
 
     Agreement while the ball comes toward the player is the part that wins or loses points; while
-    it goes away, "drift back to the middle" is easy. None for a game without a phase split.
+    it goes away, "drift back to the middle" is easy.
     """
-    from vlmrl.oracle import BALL_PHASES, ball_phase
+    from vlmrl.oracle import agreement_by_phase, ball_phase
 
     per_step = _agreement_per_step(game_id, episodes)
-    if per_step is None or game_name(game_id).lower() != "pong":
-        return None
+    if not per_step:
+        return None, None
+    overall = sum(per_step) / len(per_step)
+    if game_name(game_id).lower() != "pong":
+        return overall, None
     phases = [ball_phase(s.ram, s.prev_ram) for e in episodes for s in e.steps]
-    split = {}
-    for phase in BALL_PHASES:
-        hits = [agree for agree, p in zip(per_step, phases, strict=True) if p == phase]
-        split[phase] = {"agreement": sum(hits) / len(hits) if hits else None, "steps": len(hits)}
-    return split
+    return overall, agreement_by_phase(per_step, phases)
 
 
 def _agreement_per_step(game_id: str, episodes: list[EpisodeRecord]) -> list[bool] | None:
@@ -91,14 +88,15 @@ def evaluate(args: EvaluateArguments) -> dict:
     video = None
     if args.video:
         video = str(save_gif([s.frame for s in episodes[0].steps], output_dir / "episode.gif", args.video_max_frames))
+    agreement, agreement_split = oracle_agreement_stats(args.game, episodes)
     results = build_results(
         model=model_name,
         game=args.game,
         policy=args.policy,
         seeds=seeds,
         returns=[e.episode_return for e in episodes],
-        oracle_agreement=oracle_agreement(args.game, episodes),
-        oracle_agreement_by_phase=oracle_agreement_by_phase(args.game, episodes),
+        oracle_agreement=agreement,
+        oracle_agreement_by_phase=agreement_split,
         invalid_rate=sum(e.invalid_steps for e in episodes) / steps,
         env_steps=steps,
         steps_per_s=steps / wall,

@@ -125,6 +125,17 @@ def ball_phase(ram: Sequence[int] | np.ndarray, prev_ram: Sequence[int] | np.nda
     return "toward" if state.ball_x > prev.ball_x else "away"
 
 
+def agreement_by_phase(agrees: Sequence[bool], phases: Sequence[str]) -> dict[str, dict]:
+    """Per ``BALL_PHASES`` entry: the share of its steps that agree (None without steps) and their count."""
+    if len(agrees) != len(phases):
+        raise ValueError(f"one phase per step: got {len(agrees)} steps and {len(phases)} phases")
+    split = {}
+    for phase in BALL_PHASES:
+        hits = [agree for agree, p in zip(agrees, phases, strict=True) if p == phase]
+        split[phase] = {"agreement": sum(hits) / len(hits) if hits else None, "steps": len(hits)}
+    return split
+
+
 def predict_intercept_y(ball_x: float, ball_y: float, vx: float, vy: float, x: float = PLAYER_HIT_X) -> float:
     """The ball's y when it reaches column ``x``, folding its path at the top and bottom walls."""
     if vx == 0:

@@ -144,9 +144,9 @@ def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
     words (" above", " up", " toward"): the caption trains the very tokens the questions are
     answered with. No action names: this teaches seeing, not playing. With ``physics`` the two
     ``physics_tokens`` come first (eight pieces)."""
-    paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if physics:
         return physics_tokens(scene) + caption_tokens(scene)
+    paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if not scene.ball_visible:
         return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [

@@ -207,14 +207,15 @@ def evaluate_sb3_policy(
     """Play one episode per seed on a plain v5 env; returns, agent steps, oracle agreement, wall time."""
     from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
-    from vlmrl.oracle import BALL_PHASES, ball_phase
+    from vlmrl.oracle import agreement_by_phase, ball_phase
 
     oracle, same_class = _oracle_for(game)
     env = wrap_observation(make_env(game))
     action_names = list(env.unwrapped.get_action_meanings())
     returns: list[float] = []
-    env_steps = agreed = 0
-    by_phase: dict[str, list[int]] = {}  # phase -> [agreed, steps]
+    env_steps = 0
+    agrees: list[bool] = []
+    phases: list[str] = []
     start = time.perf_counter()
     try:
         for seed in seeds:
@@ -228,11 +229,8 @@ def evaluate_sb3_policy(
                 action, _ = model.predict(stacked, deterministic=deterministic)
                 action = int(np.asarray(action).reshape(-1)[0])
                 if oracle is not None:
-                    agree = same_class(game, action_names[action], oracle.decide(ram, prev_ram).action)
-                    agreed += agree
-                    tally = by_phase.setdefault(ball_phase(ram, prev_ram), [0, 0])
-                    tally[0] += agree
-                    tally[1] += 1
+                    agrees.append(same_class(game, action_names[action], oracle.decide(ram, prev_ram).action))
+                    phases.append(ball_phase(ram, prev_ram))
                 obs, reward, terminated, truncated, _ = env.step(action)
                 episode_return += float(reward)
                 steps += 1
@@ -248,12 +246,8 @@ def evaluate_sb3_policy(
     return {
         "returns": returns,
         "env_steps": env_steps,
-        "oracle_agreement": None if oracle is None else agreed / env_steps,
-        "oracle_agreement_by_phase": None if oracle is None else {
-            phase: {"agreement": by_phase[phase][0] / by_phase[phase][1] if phase in by_phase else None,
-                    "steps": by_phase.get(phase, [0, 0])[1]}
-            for phase in BALL_PHASES
-        },
+        "oracle_agreement": None if oracle is None else sum(agrees) / env_steps,
+        "oracle_agreement_by_phase": None if oracle is None else agreement_by_phase(agrees, phases),
         "wall_s": wall_s,
     }
 
