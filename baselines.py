@@ -1,9 +1,10 @@
-"""Train and evaluate a classic-RL baseline (SB3 PPO) at several agent-step budgets."""
+"""Train and evaluate a classic-RL baseline (SB3 PPO) at several agent-step budgets.
 
-from trl import TrlParser
+    python baselines.py --algo ppo --steps 100000 --seeds 3
+"""
 
+from vlmrl.cli import parse, run
 from vlmrl.rl_baseline import BaselineConfig, main
 
 if __name__ == "__main__":
-    (config,) = TrlParser((BaselineConfig,)).parse_args_and_config()
-    main(config)
+    run(lambda: main(*parse((BaselineConfig,))))

@@ -29,7 +29,6 @@ fraction_of_forward_bound = collect / forward), with the 1-minute load average a
 from __future__ import annotations
 
 import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
-import argparse
 import json
 import os
 import tempfile
@@ -39,12 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmrl.agent import Observation, VLMPolicy
+from vlmrl.cli import ArgumentParser, run
 from vlmrl.collection import collect
 from vlmrl.configs import CollectArguments
 from vlmrl.env import AtariBatch
+from vlmrl.games import get_game
 from vlmrl.models import load_processor, load_vlm
 from vlmrl.observation import ObservationConfig
+from vlmrl.policies import Observation
+from vlmrl.policies.vlm import VLMPolicy
 from vlmrl.prompts import ANSWER_PREFIX
 
 GAME = "ALE/Pong-v5"
@@ -82,7 +84,7 @@ def forward_frames_per_s(model_path: str, num_envs: int, repeats: int, *, prefix
     """Constrained decoding's forward (``VLMPolicy.next_token_logits``) alone, on pre-encoded inputs."""
     observation = ObservationConfig(**MOTION)
     model, processor = load_vlm(model_path), load_processor(model_path, observation)
-    policy = VLMPolicy(model, processor, GAME, ACTIONS, observation, prefix_cache=prefix_cache)
+    policy = VLMPolicy(model, processor, get_game(GAME), ACTIONS, observation, prefix_cache=prefix_cache)
     batch = AtariBatch(GAME, 1)
     frame, ram = batch.reset(0, seed=0)
     batch.close()
@@ -99,10 +101,8 @@ def seed_answer_tokens(model_path: str, steps: int = 300) -> tuple[int, str]:
     """Token count of a representative seed-format answer, and that answer: the median length of
     ``{"reasoning": <the oracle's sentence>, "action": <its action>}`` over ``steps`` steps the oracle
     plays, in the model's tokenizer, plus one for the end-of-turn token that closes an answer."""
-    from vlmrl.oracle import get_oracle
-
     tokenizer = load_processor(model_path).tokenizer
-    oracle = get_oracle(GAME)
+    oracle = get_game(GAME).oracle()
     batch = AtariBatch(GAME, 1)
     _, ram = batch.reset(0, seed=0)
     prev, answers = None, []
@@ -125,7 +125,7 @@ def collect_run(model_path: str, out: Path, **settings) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="data/models/tiny-smolvlm", help="tiny model (built random-init if absent)")
     parser.add_argument("--num-envs", type=int, default=16, help="environments stepped as a batch")
     parser.add_argument("--episodes", type=int, default=16, help="episodes for collect.py's figure")
@@ -175,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -9,11 +9,12 @@ point per iteration (entry 0 is the base model) and the last iteration's gains o
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import time
 from pathlib import Path
+
+from vlmrl.cli import ArgumentParser, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ def curve(summary: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--exp", default="curve", help="experiment name (data/experiments/<exp>)")
     parser.add_argument("--recipe", default="recipes/tiny-smolvlm/pong", help="recipe folder")
     parser.add_argument("--iterations", type=int, default=5, help="iterations to run")
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,7 +7,6 @@ Episode ``i`` is seeded ``seed + i``; v5 defaults (frameskip 4, sticky actions 0
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -15,7 +14,8 @@ import ale_py
 import gymnasium as gym
 import numpy as np
 
-from vlmrl.oracle import PongOracle
+from vlmrl.cli import ArgumentParser, run
+from vlmrl.games.pong import PongOracle
 
 
 def play_episode(oracle: PongOracle, game_id: str, seed: int) -> tuple[float, int]:
@@ -38,7 +38,7 @@ def play_episode(oracle: PongOracle, game_id: str, seed: int) -> tuple[float, in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=10, help="episodes to play")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     parser.add_argument("--game-id", default="ALE/Pong-v5")
@@ -49,7 +49,7 @@ def main() -> None:
 
     gym.register_envs(ale_py)
     oracle = PongOracle(
-        aim_offset=args.aim_offset, dead_band=args.dead_band, momentum=args.momentum, game_id=args.game_id
+        aim_offset=args.aim_offset, dead_band=args.dead_band, momentum=args.momentum
     )
     start = time.perf_counter()
     results = [play_episode(oracle, args.game_id, args.seed + i) for i in range(args.episodes)]
@@ -71,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

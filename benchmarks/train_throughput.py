@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlmrl.cli import ArgumentParser, run
+
 MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
 
 
@@ -89,7 +91,7 @@ def measure(which: str, model: str, data: str, epochs: float, recipe: str) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="data/models/tiny-smolvlm", help="tiny model (built random-init if absent)")
     parser.add_argument("--samples", type=int, default=512, help="reflections trained on")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs each side trains")
@@ -122,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -4,7 +4,7 @@
     python benchmarks/vision_probe.py --model HuggingFaceTB/SmolVLM-Instruct --encoding rgb --image-size 384
     python benchmarks/vision_probe.py --model data/models/tiny-smolvlm --play-episodes 3
 
-The probe asks each question of ``vlmrl.perception.QUESTIONS`` on ``--frames`` held-out
+The probe asks each of the game's questions (``Game.questions``) on ``--frames`` held-out
 frames of varied play and reports accuracy beside chance (the majority answer's rate).
 ``--play-episodes`` also plays Pong greedily with constrained decoding (the six action
 names scored after the acting prompt and ``{"action": "``, one forward a step) against
@@ -22,79 +22,49 @@ import time
 import numpy as np
 import torch
 
+from vlmrl.cli import ArgumentParser, run
 from vlmrl.env import AtariBatch
-from vlmrl.observation import FrameHistory, ObservationConfig, encode_observation
-from vlmrl.probe import (
-    DEFAULT_PROBE_SEED,
-    collect_probe_frames,
-    load_model,
-    observation_for,
-    probe_model,
-    score_continuations,
-)
-from vlmrl.prompts import ANSWER_PREFIX, acting_messages
+from vlmrl.games import Game, get_game
+from vlmrl.observation import ObservationConfig
+from vlmrl.policies.random import RandomPolicy
+from vlmrl.policies.vlm import VLMPolicy
+from vlmrl.probe import DEFAULT_PROBE_SEED, collect_probe_frames, load_model, observation_for, probe_model
+from vlmrl.rollout import play_episodes
 
 
-def play(model, processor, observation: ObservationConfig, game_id: str, seeds: list[int], max_steps: int) -> dict:
-    """Greedy constrained play, one env per seed stepped together; random play on the same seeds."""
-    batch = AtariBatch(game_id, len(seeds))
-    actions = batch.action_names
-    prompt = processor.apply_chat_template(
-        acting_messages(game_id, actions, observation.images_per_observation, observation.encoding),
-        add_generation_prompt=True,
-    ) + " " + ANSWER_PREFIX
-    histories = [FrameHistory(observation.frames) for _ in seeds]
-    for slot, seed in enumerate(seeds):
-        histories[slot].reset(batch.reset(slot, seed)[0])
-    returns = [0.0] * len(seeds)
-    counts = {a: 0 for a in actions}
-    live = set(range(len(seeds)))
-    steps = 0
+def _play(policy, game: Game, seeds: list[int], max_steps: int) -> tuple[list[float], dict[str, int], float]:
+    batch = AtariBatch(game.id, len(seeds))
+    counts: dict[str, int] = {a: 0 for a in batch.action_names}
     start = time.perf_counter()
-    while live and steps < max_steps:
-        slots = sorted(live)
-        images = [encode_observation(histories[s].frames, observation, game_id) for s in slots]
-        scores = score_continuations(model, processor, prompt, images, actions)
-        chosen = {s: actions[i] for s, i in zip(slots, scores.argmax(dim=-1).tolist(), strict=True)}
-        for slot, result in batch.step(chosen).items():
-            counts[chosen[slot]] += 1
-            returns[slot] += result.reward
-            histories[slot].push(result.frame)
-            if result.terminated or result.truncated:
-                live.discard(slot)
-        steps += 1
-    seconds = time.perf_counter() - start
-    batch.close()
+    try:
+        episodes = sorted(play_episodes(policy, batch, list(enumerate(seeds)), max_steps=max_steps,
+                                        keep_frames=False, progress=False), key=lambda e: e.episode_id)
+    finally:
+        batch.close()
+    for episode in episodes:
+        for step in episode.steps:
+            counts[step.decision.action] += 1
+    return [e.episode_return for e in episodes], counts, time.perf_counter() - start
+
+
+def play(model, processor, observation: ObservationConfig, game: Game, seeds: list[int], max_steps: int) -> dict:
+    """Greedy constrained play, one env per seed stepped together; random play on the same seeds."""
+    actions = AtariBatch(game.id, 1).action_names
+    policy = VLMPolicy(model, processor, game, actions, observation)
+    returns, counts, seconds = _play(policy, game, seeds, max_steps)
+    random_returns, _, _ = _play(RandomPolicy(actions, seed=0), game, seeds, max_steps)
     total = sum(counts.values())
     return {
         "returns": returns,
         "mean_return": float(np.mean(returns)),
         "action_share": {a: round(c / total, 3) for a, c in counts.items()},
         "steps_per_s": round(total / seconds, 1),
-        "random": random_play(game_id, seeds, max_steps),
+        "random": {"returns": random_returns, "mean_return": float(np.mean(random_returns))},
     }
 
 
-def random_play(game_id: str, seeds: list[int], max_steps: int) -> dict:
-    """Uniform random actions on the same seeds and step cap."""
-    batch = AtariBatch(game_id, len(seeds))
-    rng = np.random.default_rng(0)
-    returns = []
-    for slot, seed in enumerate(seeds):
-        batch.reset(slot, seed)
-        total = 0.0
-        for _ in range(max_steps):
-            result = batch.step({slot: batch.action_names[int(rng.integers(len(batch.action_names)))]})[slot]
-            total += result.reward
-            if result.terminated or result.truncated:
-                break
-        returns.append(total)
-    batch.close()
-    return {"returns": returns, "mean_return": float(np.mean(returns))}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="data/models/tiny-smolvlm", help="local path or Hub id")
     parser.add_argument("--game-id", default="ALE/Pong-v5")
     parser.add_argument("--frames", type=int, default=500, help="held-out frames to probe")
@@ -125,9 +95,10 @@ def main() -> None:
 
     start = time.perf_counter()
     model, processor = load_model(args.model, args.device)
-    samples = collect_probe_frames(args.game_id, args.frames, args.seed, history=observation.frames)
+    game = get_game(args.game_id)
+    samples = collect_probe_frames(game, args.frames, args.seed, history=observation.frames)
     frames_s = time.perf_counter() - start
-    probe = probe_model(model, processor, samples, observation, game_id=args.game_id, batch_size=args.batch_size,
+    probe = probe_model(model, processor, samples, observation, game=game, batch_size=args.batch_size,
                         progress=True)
     report = {
         "model": args.model,
@@ -144,9 +115,9 @@ def main() -> None:
     if args.play_episodes:
         seeds = [args.seed + 100_000 + i for i in range(args.play_episodes)]
         report["play"] = {"seeds": seeds, "max_steps": args.play_max_steps,
-                          **play(model, processor, observation, args.game_id, seeds, args.play_max_steps)}
+                          **play(model, processor, observation, game, seeds, args.play_max_steps)}
     print(json.dumps(report))
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

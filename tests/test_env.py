@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from vlmrl.env import AtariBatch, game_name, make_env
+from vlmrl.games import get_game
 from vlmrl.observation import ObservationConfig, encode_batch, encode_observation, motion_image
+
+PONG = get_game("ALE/Pong-v5")
 
 
 def test_pong_batch_steps_with_ram_and_action_names(pong_actions):
@@ -85,15 +88,15 @@ def test_motion_encoding_shows_ball_and_never_all_zero():
     for _ in range(60):
         previous = frame
         frame, *_ = env.step(0)
-    image = motion_image(frame, previous, "ALE/Pong-v5")
+    image = motion_image(frame, previous, PONG)
     assert image.dtype == np.uint8 and image.min() >= 1  # never exactly 0: Idefics3 drops all-zero images
     cfg = ObservationConfig(frames=2, encoding="motion", crop=True, image_size=128)
-    [img] = encode_observation([previous, frame], cfg, "ALE/Pong-v5")
+    [img] = encode_observation([previous, frame], cfg, PONG)
     assert img.size == (128, 128)
     with pytest.raises(ValueError, match="frames: 2"):
         ObservationConfig(frames=1, encoding="motion")
     with pytest.raises(ValueError, match="expected 2 frames"):
-        encode_observation([frame], cfg, "ALE/Pong-v5")
+        encode_observation([frame], cfg, PONG)
 
 
 @pytest.mark.parametrize(
@@ -113,13 +116,13 @@ def test_batch_encoding_is_pixel_exact(config):
     for i in range(80):  # the ball in play, the paddle moving
         frames.append(env.step(i % 3)[0])
     observations = [frames[i - config.frames + 1 : i + 1] for i in range(60, 66)]
-    batch = encode_batch(observations, config, "ALE/Pong-v5")
-    one_by_one = np.stack([np.stack([np.asarray(im) for im in encode_observation(o, config, "ALE/Pong-v5")])
+    batch = encode_batch(observations, config, PONG)
+    one_by_one = np.stack([np.stack([np.asarray(im) for im in encode_observation(o, config, PONG)])
                            for o in observations])
     assert batch.dtype == np.uint8 and np.array_equal(batch, one_by_one)
     cache: dict = {}  # frames met again in the next call are taken from the cache: the same pixels
-    assert np.array_equal(encode_batch(observations[:3], config, "ALE/Pong-v5", cache), one_by_one[:3])
-    assert np.array_equal(encode_batch(observations[1:], config, "ALE/Pong-v5", cache), one_by_one[1:])
+    assert np.array_equal(encode_batch(observations[:3], config, PONG, cache), one_by_one[:3])
+    assert np.array_equal(encode_batch(observations[1:], config, PONG, cache), one_by_one[1:])
     assert len(cache) == (len(observations) + config.frames - 1 if config.resample == "nearest" else 0)  # + layout
-    first = encode_batch(observations, config, "ALE/Pong-v5", cache, channels_first=True)  # the model's layout
+    first = encode_batch(observations, config, PONG, cache, channels_first=True)  # the model's layout
     assert np.array_equal(first, one_by_one.transpose(0, 1, 4, 2, 3)) and first.flags.c_contiguous

@@ -3,14 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from vlmrl.agent import Decision
 from vlmrl.configs import EvaluateArguments
 from vlmrl.evaluation import evaluate, format_results, oracle_agreement, oracle_agreement_stats
-from vlmrl.oracle import make_pong_ram
+from vlmrl.games import get_game
+from vlmrl.games.pong import make_pong_ram
+from vlmrl.policies import Decision
 from vlmrl.results import RESULTS_KEYS, eval_seeds
 from vlmrl.rollout import EpisodeRecord, StepRecord
 
 MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
+
+PONG = get_game("ALE/Pong-v5")
 
 
 def _ram(ball_x, ball_y, paddle_y):
@@ -18,9 +21,7 @@ def _ram(ball_x, ball_y, paddle_y):
 
 
 def test_oracle_agreement_on_a_known_case():
-    from vlmrl.oracle import get_oracle
-
-    oracle = get_oracle("ALE/Pong-v5")
+    oracle = PONG.oracle()
     rams = [_ram(150, 80, 150), _ram(150, 200, 60), _ram(150, 120, 113)]
     prevs = [_ram(140, 80, 150), _ram(140, 200, 60), _ram(140, 120, 113)]
     truth = [oracle.decide(r, p).action for r, p in zip(rams, prevs, strict=True)]
@@ -30,8 +31,8 @@ def test_oracle_agreement_on_a_known_case():
     actions = ["RIGHTFIRE", "LEFTFIRE", wrong]
     steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
              for r, p, a in zip(rams, prevs, actions, strict=True)]
-    assert oracle_agreement("ALE/Pong-v5", [EpisodeRecord(0, 0, steps)]) == pytest.approx(2 / 3)
-    assert oracle_agreement("ALE/Breakout-v5", [EpisodeRecord(0, 0, steps)]) is None
+    assert oracle_agreement(PONG, [EpisodeRecord(0, 0, steps)]) == pytest.approx(2 / 3)
+    assert oracle_agreement(get_game("ALE/Breakout-v5"), [EpisodeRecord(0, 0, steps)]) is None
 
 
 def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
@@ -43,12 +44,12 @@ def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
     steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
              for r, p, a in zip(rams, prevs, actions, strict=True)]
     episodes = [EpisodeRecord(0, 0, steps[:2]), EpisodeRecord(1, 1, steps[2:])]
-    overall, split = oracle_agreement_stats("ALE/Pong-v5", episodes)
+    overall, split = oracle_agreement_stats(PONG, episodes)
     assert split == {"toward": {"agreement": 0.5, "steps": 2}, "away": {"agreement": 1.0, "steps": 1},
                      "none": {"agreement": 1.0, "steps": 1}}
-    assert oracle_agreement("ALE/Pong-v5", episodes) == pytest.approx(3 / 4) == overall
-    assert oracle_agreement_stats("ALE/Breakout-v5", episodes) == (None, None)
-    only_toward = oracle_agreement_stats("ALE/Pong-v5", episodes[:1])[1]
+    assert oracle_agreement(PONG, episodes) == pytest.approx(3 / 4) == overall
+    assert oracle_agreement_stats(get_game("ALE/Breakout-v5"), episodes) == (None, None)
+    only_toward = oracle_agreement_stats(PONG, episodes[:1])[1]
     assert only_toward["away"] == {"agreement": None, "steps": 0}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vlmrl.experiment import build_summary, format_table, phase_command, plot_learning_curve
+from vlmrl.experiment import phase_command
+from vlmrl.report import build_summary, format_table, plot_learning_curve
 from vlmrl.results import build_results, write_results
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,19 +32,11 @@ from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 from PIL import Image
 
 from vlmrl import hub
+from vlmrl.cards import add_eval_results_to_card, model_card, write_model_card
 from vlmrl.data import EPISODE_FEATURES, load_any, meta_path, write_dataset_card, write_json, write_shard
-from vlmrl.hub import (
-    HubPushError,
-    add_eval_results_to_card,
-    hub_repo_id,
-    load_dataset_reference,
-    model_card,
-    parse_dataset_reference,
-    push_checkpoint,
-    push_dataset_dir,
-    push_eval_results,
-    write_model_card,
-)
+from vlmrl.errors import HubPushError
+from vlmrl.hub import push_checkpoint, push_dataset_dir, push_eval_results
+from vlmrl.references import hub_id, hub_repo_id, load_dataset_reference, parse_dataset_reference
 
 REAL_LOAD_DATASET = datasets.load_dataset
 FEATURES = Features({k: EPISODE_FEATURES[k] for k in ("episode_id", "step", "frame", "action", "reward", "iteration")})
@@ -261,7 +253,7 @@ def test_an_existing_local_folder_is_never_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "user" / "name:iteration-2").mkdir(parents=True)
     assert parse_dataset_reference("user/name:iteration-2") == ("user/name:iteration-2", None, None)
-    assert hub.hub_id("user/name:iteration-2") is None
+    assert hub_id("user/name:iteration-2") is None
 
 
 def test_hub_repo_ids_from_a_prefix():

@@ -8,22 +8,27 @@ from itertools import islice
 import numpy as np
 import pytest
 
-from vlmrl.oracle import make_pong_ram
-from vlmrl.perception import (
+from vlmrl.games import get_game
+from vlmrl.games.pong import (
+    ACTIONS,
     CAPTION_PROMPT,
     CAPTION_TOKENS,
     NO_BALL,
     QUESTIONS,
+    caption_tokens,
+    make_pong_ram,
+    scene_from_ram,
+)
+from vlmrl.perception import (
     PerceptionData,
     PretrainConfig,
-    caption_tokens,
     collect_perception_data,
     perception_texts,
     pretrain_perception,
-    scene_from_ram,
-    varied_play,
 )
-from vlmrl.tiny_model import PONG_ACTIONS
+from vlmrl.rollout import varied_play
+
+PONG = get_game("ALE/Pong-v5")
 
 ram = make_pong_ram
 
@@ -86,16 +91,16 @@ def test_physics_caption_reads_the_crossing_and_the_paddle_rest():
 def test_no_action_names_in_targets_or_prompts():
     # Case-insensitive: in Pong "RIGHT" and "LEFT" are actions (paddle up/down), so the
     # perception vocabulary avoids even the plain words.
-    texts = CAPTION_TOKENS + perception_texts() + [CAPTION_PROMPT] + [q.text for q in QUESTIONS]
+    texts = CAPTION_TOKENS + perception_texts(PONG) + [CAPTION_PROMPT] + [q.text for q in QUESTIONS]
     words = set(re.findall(r"[a-z]+", " ".join(texts).lower()))
-    assert not words & {a.lower() for a in PONG_ACTIONS}
+    assert not words & {a.lower() for a in ACTIONS}
     assert all(len(caption_tokens(scene_from_ram(ram(x, y), ram(x + 4, y + 2)))) == 6
                for x, y in [(0, 0), (100, 100)])
 
 
 def test_varied_play_is_deterministic_and_varied():
-    first = list(islice(varied_play(seed=5, num_envs=2, keep_prob=0.5), 40))
-    again = list(islice(varied_play(seed=5, num_envs=2, keep_prob=0.5), 40))
+    first = list(islice(varied_play(PONG, seed=5, num_envs=2, keep_prob=0.5), 40))
+    again = list(islice(varied_play(PONG, seed=5, num_envs=2, keep_prob=0.5), 40))
     assert all(np.array_equal(a.ram, b.ram) and np.array_equal(a.frames[-1], b.frames[-1])
                for a, b in zip(first, again, strict=True))
     assert len({a.episode_seed for a in first}) == 2
@@ -109,7 +114,7 @@ def tiny():
     from vlmrl.tiny_model import TinyModelConfig, build_model, build_processor, build_tokenizer, observation_config
 
     config = TinyModelConfig()
-    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts(PONG) * 20, CAPTION_TOKENS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl on a CPU shared with other jobs (FACTS)
     yield build_model(config, tokenizer), build_processor(config, tokenizer), observation_config(config)
@@ -118,7 +123,7 @@ def tiny():
 
 def test_pretraining_smoke_lowers_the_loss(tiny):
     model, processor, observation = tiny
-    data = collect_perception_data(24, observation, seed=3)
+    data = collect_perception_data(24, observation, game=PONG, seed=3)
     assert data.images.shape == (24, 1, 128, 128, 3)
     config = PretrainConfig(frames=24, epochs=4, batch_size=8, learning_rate=3e-3, warmup_steps=0, seed=0)
     result = pretrain_perception(model, processor, data, observation, config)
@@ -131,7 +136,7 @@ def test_pretraining_rejects_a_tokenizer_without_caption_tokens(tiny):
 
     _, _, observation = tiny
     plain = build_processor(TinyModelConfig(), build_tokenizer(1000))
-    data = PerceptionData(np.ones((1, 1, 128, 128, 3), np.uint8), [scene_from_ram(ram())])
+    data = PerceptionData(np.ones((1, 1, 128, 128, 3), np.uint8), [scene_from_ram(ram())], PONG)
     with pytest.raises(ValueError, match="caption piece"):
         pretrain_perception(tiny[0], plain, data, observation, PretrainConfig(frames=1, epochs=1))
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlmrl.oracle import make_pong_ram
-from vlmrl.perception import QUESTIONS_BY_NAME, PlayFrame, option_text, question_messages, scene_from_ram
+from vlmrl.games import get_game
+from vlmrl.games.pong import QUESTIONS_BY_NAME, make_pong_ram, scene_from_ram
 from vlmrl.probe import (
     DEFAULT_OBSERVATION,
     accuracy_and_chance,
@@ -17,10 +17,14 @@ from vlmrl.probe import (
     collect_probe_frames,
     observation_for,
     probe_model,
-    score_continuations,
 )
+from vlmrl.prompts import option_text, question_messages
+from vlmrl.rollout import PlayFrame
+from vlmrl.scoring import score_continuations
 
 ram = make_pong_ram
+
+PONG = get_game("ALE/Pong-v5")
 
 
 def ask(name: str, now: np.ndarray, before: np.ndarray | None = None, drawn: bool = True) -> str | None:
@@ -60,10 +64,10 @@ def test_answer_key_reads_each_sample():
         PlayFrame([ball, ball], ram(120, 90), ram(124, 94), 0),
         PlayFrame([blank, blank], ram(0, 0), ram(0, 0), 0),
     ]
-    assert answer_key(QUESTIONS_BY_NAME["vertical"], samples) == ["up", None]
+    assert answer_key(QUESTIONS_BY_NAME["vertical"], samples, PONG) == ["up", None]
     # RAM in play but nothing drawn: not visible (FACTS: presence needs both).
     samples[1] = PlayFrame([blank, blank], ram(120, 90), ram(124, 94), 0)
-    assert answer_key(QUESTIONS_BY_NAME["ball_visible"], samples) == ["yes", "no"]
+    assert answer_key(QUESTIONS_BY_NAME["ball_visible"], samples, PONG) == ["yes", "no"]
 
 
 def test_accuracy_beside_majority_chance():
@@ -82,11 +86,12 @@ def test_observation_for_reads_the_tiny_recipe(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from vlmrl.perception import CAPTION_TOKENS, perception_texts
+    from vlmrl.games.pong import CAPTION_TOKENS
+    from vlmrl.perception import perception_texts
     from vlmrl.tiny_model import TinyModelConfig, build_model, build_processor, build_tokenizer, observation_config
 
     config = TinyModelConfig()
-    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts(PONG) * 20, CAPTION_TOKENS)
     model = build_model(config, tokenizer).eval()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads crawl on a CPU shared with other jobs (FACTS)
@@ -96,10 +101,10 @@ def tiny():
 
 def test_first_token_scoring_matches_full_sequence_scoring(tiny):
     model, processor, observation = tiny
-    samples = collect_probe_frames(frames=3, seed=99)
+    samples = collect_probe_frames(PONG, frames=3, seed=99)
     from vlmrl.observation import encode_observation
 
-    images = [encode_observation(s.frames, observation, "ALE/Pong-v5") for s in samples]
+    images = [encode_observation(s.frames, observation, PONG) for s in samples]
     question = QUESTIONS_BY_NAME["ball_third"]
     prompt = processor.apply_chat_template(question_messages(question.text, observation), add_generation_prompt=True)
     options = [option_text(o) for o in question.options]
@@ -114,8 +119,8 @@ def test_first_token_scoring_matches_full_sequence_scoring(tiny):
 
 def test_probe_model_reports_accuracy_beside_chance(tiny):
     model, processor, observation = tiny
-    samples = collect_probe_frames(frames=12, seed=7)
-    results = probe_model(model, processor, samples, observation, batch_size=8)
+    samples = collect_probe_frames(PONG, frames=12, seed=7)
+    results = probe_model(model, processor, samples, observation, game=PONG, batch_size=8)
     assert set(results) == set(QUESTIONS_BY_NAME)
     for r in results.values():
         assert r["n"] == 0 or (0 <= r["accuracy"] <= 1 and 0 < r["chance"] <= 1)
@@ -127,7 +132,8 @@ def test_probe_model_with_two_rgb_images(tiny):
     from vlmrl.observation import ObservationConfig
 
     model, processor, _ = tiny
-    samples = collect_probe_frames(frames=4, seed=8)
+    samples = collect_probe_frames(PONG, frames=4, seed=8)
     rgb = ObservationConfig(frames=2, encoding="rgb", crop=False, image_size=128)
-    results = probe_model(model, processor, samples, rgb, batch_size=4, questions=[QUESTIONS_BY_NAME["vertical"]])
+    results = probe_model(model, processor, samples, rgb, game=PONG, batch_size=4,
+                          questions=[QUESTIONS_BY_NAME["vertical"]])
     assert set(results) == {"vertical"}

@@ -2,20 +2,21 @@ import json
 
 import pytest
 
+from vlmrl.games import get_game
 from vlmrl.prompts import acting_messages, format_answer, parse_answer, system_prompt
 
 ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
 
 
 def test_system_prompt_names_every_action_and_its_effect():
-    text = system_prompt("ALE/Pong-v5", ACTIONS)
+    text = system_prompt(get_game("ALE/Pong-v5"), ACTIONS)
     for action in ACTIONS:
         assert action in text
     assert "RIGHT (up)" in text and "LEFT (down)" in text
 
 
 def test_acting_messages_have_one_image_placeholder_per_image():
-    msgs = acting_messages("ALE/Pong-v5", ACTIONS, 2, "rgb")
+    msgs = acting_messages(get_game("ALE/Pong-v5"), ACTIONS, 2, "rgb")
     assert [c["type"] for c in msgs[1]["content"]].count("image") == 2
 
 

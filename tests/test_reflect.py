@@ -6,44 +6,37 @@ from datasets import load_dataset
 
 import vlmrl.collection as collection
 from vlmrl.configs import CollectArguments, ReflectArguments
+from vlmrl.games import get_game
 from vlmrl.observation import ObservationConfig
 from vlmrl.reflection import reflect, reflection_accuracy, select_steps
 from vlmrl.reflectors import ModelReflector, ReflectionItem, build_reflector
 
 MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
 
+PONG = get_game("ALE/Pong-v5")
 
-def test_poor_steps_are_those_leading_to_a_lost_point():
-    # Episode 0: a lost point at step 2, then a won point at step 5. Episode 1: nothing happens.
-    ids = np.array([0] * 6 + [1] * 3)
-    steps = np.array([0, 1, 2, 3, 4, 5, 0, 1, 2])
-    rewards = np.array([0, 0, -1, 0, 0, 1, 0, 0, 0], dtype=float)
-    chosen, returns, n_poor = select_steps(ids, steps, rewards, gamma=0.5, reflect_on="poor", rate=1.0)
+
+def test_poor_steps_are_those_with_a_negative_stored_return():
+    # The stored return_to_go (collection's gamma: the one gamma of the loop) marks the poor steps.
+    returns = np.array([-0.2, -0.4, -1.0, 0.5, 0.7, 1.0, 0.0, 0.0, 0.0])
+    chosen, n_poor = select_steps(returns, reflect_on="poor", rate=1.0)
     assert n_poor == 3 and chosen.tolist() == [0, 1, 2]
-    assert returns[0] == pytest.approx(0.25 * (-1 + 0.5**3))
-    chosen, _, _ = select_steps(ids, steps, rewards, gamma=0.5, reflect_on="all", rate=1.0)
+    chosen, _ = select_steps(returns, reflect_on="all", rate=1.0)
     assert chosen.tolist() == list(range(9))
     # Sampling is seeded, without replacement, and capped.
-    a, _, _ = select_steps(ids, steps, rewards, gamma=0.5, reflect_on="all", rate=0.5, seed=3)
-    b, _, _ = select_steps(ids, steps, rewards, gamma=0.5, reflect_on="all", rate=0.5, seed=3)
+    a, _ = select_steps(returns, reflect_on="all", rate=0.5, seed=3)
+    b, _ = select_steps(returns, reflect_on="all", rate=0.5, seed=3)
     assert a.tolist() == b.tolist() and len(a) == 4 and len(set(a.tolist())) == 4
-    c, _, _ = select_steps(ids, steps, rewards, gamma=0.5, reflect_on="all", rate=1.0, max_reflections=2)
+    c, _ = select_steps(returns, reflect_on="all", rate=1.0, max_reflections=2)
     assert len(c) == 2
-
-
-def test_steps_are_ordered_within_episodes_whatever_the_row_order():
-    ids, steps = np.array([0, 0, 0]), np.array([2, 0, 1])
-    rewards = np.array([-1.0, 0.0, 0.0])
-    _, returns, _ = select_steps(ids, steps, rewards, gamma=1.0, rate=1.0)
-    assert returns.tolist() == [-1.0, -1.0, -1.0]
 
 
 def test_reflection_accuracy_on_a_known_case():
     # RIGHTFIRE is the same class (up) as RIGHT; one of three disagrees; rows without oracle are skipped.
     corrected = ["RIGHTFIRE", "LEFT", "NOOP", "LEFT"]
-    acc = reflection_accuracy("ALE/Pong-v5", corrected, ["RIGHT", "LEFTFIRE", "RIGHT", None])
+    acc = reflection_accuracy(PONG, corrected, ["RIGHT", "LEFTFIRE", "RIGHT", None])
     assert acc == pytest.approx(2 / 3)
-    assert reflection_accuracy("ALE/Pong-v5", ["LEFT"], [None]) is None
+    assert reflection_accuracy(PONG, ["LEFT"], [None]) is None
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +103,7 @@ def test_self_reflector_drops_and_counts_malformed_answers(tmp_path, episodes, t
 
 
 def test_model_reflector_parses_a_good_answer(tiny_model, pong_actions, monkeypatch):
-    reflector = ModelReflector("self", tiny_model, "ALE/Pong-v5", pong_actions, ObservationConfig(**MOTION))
+    reflector = ModelReflector("self", tiny_model, PONG, pong_actions, ObservationConfig(**MOTION))
     good = json.dumps({"analysis": "ball below", "correct_action": "LEFT", "correct_reasoning": "go down"})
     monkeypatch.setattr(reflector, "_generate", lambda items, sample: [good, "garbage"])
     frame = np.zeros((210, 160, 3), np.uint8)
@@ -128,9 +121,9 @@ def test_model_reflector_parses_a_good_answer(tiny_model, pong_actions, monkeypa
     ],
 )
 def test_bad_reflector_settings(kwargs, message, pong_actions):
-    game = kwargs.pop("game", "ALE/Pong-v5")
+    game = get_game(kwargs.pop("game", "ALE/Pong-v5"))
     with pytest.raises(ValueError, match=message):
-        build_reflector(kwargs["reflector"], game_id=game, actions=pong_actions,
+        build_reflector(kwargs["reflector"], game=game, actions=pong_actions,
                         observation=ObservationConfig(**MOTION), acting_model="m")
 
 

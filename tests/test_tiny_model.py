@@ -12,10 +12,12 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from vlmrl import tiny_model
+from vlmrl.games.pong import ACTIONS, CAPTION_TOKENS, QUESTIONS
 from vlmrl.observation import encode_observation
-from vlmrl.perception import CAPTION_TOKENS, QUESTIONS, PretrainConfig, option_text
+from vlmrl.perception import PretrainConfig
 from vlmrl.probe import observation_for
-from vlmrl.tiny_model import PONG_ACTIONS, TinyModelConfig, build_model, build_tiny_model, main
+from vlmrl.prompts import option_text
+from vlmrl.tiny_model import GAME, TinyModelConfig, build_model, build_tiny_model, main
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_reloads_offline_through_the_auto_classes(built, monkeypatch):
     processor = AutoProcessor.from_pretrained(path)
     observation = observation_for(path)
     frame = np.zeros((210, 160, 3), np.uint8)
-    images = encode_observation([frame, frame], observation, "ALE/Pong-v5")
+    images = encode_observation([frame, frame], observation, GAME)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Your move?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=[images], return_tensors="pt")
@@ -83,7 +85,7 @@ def test_reloads_offline_through_the_auto_classes(built, monkeypatch):
 
 def test_tokenizer_single_tokens(built):
     tokenizer = AutoTokenizer.from_pretrained(built[0])
-    for action in PONG_ACTIONS:  # constrained decoding scores them with one forward
+    for action in ACTIONS:  # constrained decoding scores them with one forward
         assert len(tokenizer(action, add_special_tokens=False)["input_ids"]) == 1
     for token in CAPTION_TOKENS:
         assert tokenizer(token, add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(token)]

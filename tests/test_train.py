@@ -10,6 +10,7 @@ from trl import ModelConfig, SFTConfig
 import vlmrl.collection as collection
 from vlmrl.cli import parse
 from vlmrl.configs import CollectArguments, ReflectArguments
+from vlmrl.games import get_game
 from vlmrl.observation import ObservationConfig
 from vlmrl.reflection import reflect
 from vlmrl.training import TrainScriptArguments, cpu_defaults, train
@@ -140,13 +141,13 @@ def test_balancing_oversamples_the_rarer_action_classes():
 
     from datasets import Dataset
 
-    from vlmrl.oracle import action_class
     from vlmrl.training import balance_by_action_class
 
     ds = Dataset.from_dict({"correct_action": ["NOOP"] * 6 + ["LEFT", "LEFTFIRE"] + ["RIGHT"], "row": list(range(9))})
-    balanced = balance_by_action_class(ds, "ALE/Pong-v5", seed=1)
-    counts = Counter(action_class("ALE/Pong-v5", a) for a in balanced["correct_action"])
+    pong = get_game("ALE/Pong-v5")
+    balanced = balance_by_action_class(ds, pong, seed=1)
+    counts = Counter(pong.action_class(a) for a in balanced["correct_action"])
     assert counts == {"stay": 6, "down": 6, "up": 6}
     assert set(balanced["row"]) == set(range(9))  # nothing dropped, the rare ones repeated
     with pytest.raises(ValueError, match="correct_action"):
-        balance_by_action_class(Dataset.from_dict({"row": [1]}), "ALE/Pong-v5")
+        balance_by_action_class(Dataset.from_dict({"row": [1]}), pong)

@@ -1,9 +1,32 @@
-"""What the entry points share: parsing a recipe plus flags, and turning user errors into messages."""
+"""The one way in: every entry point parses through here and runs under ``run``.
+
+``parse`` reads a recipe plus flags with TRL's parser (the phase scripts, ``baselines.py``);
+``ArgumentParser`` is argparse for the library's own commands (``python -m vlmrl.<module>``).
+Both print a mistake in the arguments as one line and exit 2. ``run`` calls a main function and
+turns what a user can fix into one line and exit 2, a failed Hub push into exit 3 (the local copy
+is kept and the message names the retry command), and Ctrl-C into exit 130.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
+
+from vlmrl.errors import USER_ERRORS, HubPushError
+
+
+def _one_line_error(prog: str, message: str) -> NoReturn:
+    print(f"error: {message} (see {prog} --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (and exit 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        _one_line_error(self.prog, message)
 
 
 def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict | None = None):
@@ -14,6 +37,7 @@ def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict 
     from trl import TrlParser
 
     parser = TrlParser(dataclass_types)
+    parser.error = lambda message: _one_line_error(parser.prog, message)
     if defaults:
         parser.set_defaults(**defaults)
     if argv is not None:
@@ -25,15 +49,13 @@ def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict 
     return parser.parse_args_and_config()
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
-
-
 def run(main: Callable[[], object]) -> None:
-    """Calls ``main``; a mistake the user can fix prints one line and exits 2, not a traceback."""
-    from vlmrl.hub import HubPushError
+    """Calls ``main``; a mistake the user can fix prints one line and exits 2, not a traceback.
 
+    A ``main`` that returns an int returns it as the exit code.
+    """
     try:
-        main()
+        code = main()
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
@@ -43,3 +65,5 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and not isinstance(code, bool):
+        sys.exit(code)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlmrl.configs import CollectArguments, PolicyArguments
+from vlmrl.configs import CollectArguments
 from vlmrl.data import (
     EPISODE_FEATURES,
     check_manifest,
@@ -34,6 +34,8 @@ from vlmrl.data import (
     write_shard,
 )
 from vlmrl.env import AtariBatch
+from vlmrl.games import get_game
+from vlmrl.policies import build_policy
 from vlmrl.rollout import EpisodeRecord, play_episodes
 
 MANIFEST = "collection.json"
@@ -41,27 +43,6 @@ SUMMARY = "summary.json"
 # Settings that must match for a re-run to resume a collection rather than mix two.
 _RESUME_KEYS = ("model", "policy", "game", "seed", "max_steps", "decode", "temperature", "frames", "encoding",
                 "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration", "teacher_mix")
-
-
-def build_policy(args: PolicyArguments, game_id: str, actions: list[str], seed: int):
-    """The policy the arguments name; returns it with the model's name for the records."""
-    from vlmrl.agent import OraclePolicy, RandomPolicy, VLMPolicy
-
-    if args.policy == "random":
-        return RandomPolicy(actions, seed=seed), "random"
-    if args.policy == "oracle":
-        return OraclePolicy(game_id), "oracle"
-    from vlmrl.models import load_processor, load_vlm
-
-    model = load_vlm(args.model)
-    observation = args.observation_config(model.config.vision_config.image_size)
-    processor = load_processor(args.model, observation)
-    policy = VLMPolicy(
-        model, processor, game_id, actions, observation,
-        decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens, seed=seed,
-    )
-    return policy, args.model
 
 
 def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> pa.Table:
@@ -180,15 +161,27 @@ def summarize(output_dir: str | Path) -> dict:
     }
 
 
+def resume_settings(args: CollectArguments) -> dict:
+    """The settings a resumed collection must share, the observation as the model will see it."""
+    settings = {k: getattr(args, k) for k in _RESUME_KEYS}
+    if args.policy == "model":
+        from vlmrl.models import vision_image_size
+
+        observation = args.observation_config(args.model, vision_image_size(args.model))
+        settings.update({k: getattr(observation, k) for k in ("frames", "encoding", "crop", "image_size")})
+    return settings
+
+
 def collect(args: CollectArguments) -> dict:
     """Runs the trial phase; resumes a partial collection in ``args.output_dir``. Returns the summary."""
     from accelerate import PartialState
 
     state = PartialState()
+    game = get_game(args.game)
     output_dir = Path(args.output_dir)
     if state.is_main_process:
         ensure_writable(output_dir)
-        check_manifest(output_dir, MANIFEST, {k: getattr(args, k) for k in _RESUME_KEYS}, "collection")
+        check_manifest(output_dir, MANIFEST, resume_settings(args), "collection")
     state.wait_for_everyone()
 
     done = {int(name.split("-")[1]) for name in existing_shards(output_dir) if name.startswith("episode-")}
@@ -198,7 +191,7 @@ def collect(args: CollectArguments) -> dict:
         if i not in done and i % state.num_processes == state.process_index
     ]
     # With prefetch_resets, a model's collection has its seeded resets made in a helper process from now on.
-    batch = AtariBatch(args.game, args.num_envs, frameskip=args.frameskip,
+    batch = AtariBatch(game.id, args.num_envs, frameskip=args.frameskip,
                        repeat_action_probability=args.repeat_action_probability,
                        prefetch_resets=args.prefetch_resets and bool(jobs) and args.policy == "model")
     batch.plan([seed for _, seed in jobs])
@@ -206,20 +199,20 @@ def collect(args: CollectArguments) -> dict:
     writer = ShardWriter()
     try:
         if jobs:
-            policy, model_name = build_policy(args, args.game, batch.action_names, seed=args.seed + state.process_index)
+            policy = build_policy(args, game, batch.action_names, seed=args.seed + state.process_index)
             teacher = None
             if args.teacher_mix > 0:
-                from vlmrl.agent import OraclePolicy
+                from vlmrl.policies.oracle import OraclePolicy
 
-                teacher = OraclePolicy(args.game)
+                teacher = OraclePolicy(game)
             setup_s = time.perf_counter() - start  # loading the model: not part of the steps/s
             for episode in play_episodes(
-                policy, batch, jobs, frames=args.frames, max_steps=args.max_steps,
+                policy, batch, jobs, max_steps=args.max_steps,
                 progress=args.progress and state.is_local_main_process, desc="collect",
                 teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
                 on_frames=writer.encode_frames,
             ):
-                writer.submit(write_episode, output_dir, episode, model=model_name, iteration=args.iteration,
+                writer.submit(write_episode, output_dir, episode, model=policy.model_name, iteration=args.iteration,
                               gamma=args.gamma)
                 new_steps += len(episode.steps)
     except BaseException:
@@ -242,6 +235,8 @@ def collect(args: CollectArguments) -> dict:
             "setup_s": setup_s,  # loading the policy
             "wall_s": elapsed,
             "settings": {k: v for k, v in asdict(args).items() if k != "push_to_hub"},
+            "observation": {k: v for k, v in resume_settings(args).items()
+                            if k in ("frames", "encoding", "crop", "image_size")},
         }
     )
     if state.is_main_process:
@@ -269,7 +264,7 @@ def episodes_card_body(args: CollectArguments, summary: dict) -> str:
         f"- steps played by the oracle teacher (DAgger mix {args.teacher_mix}): {summary['teacher_share']:.3f}\n"
         f"- protocol: frameskip {args.frameskip}, sticky actions {args.repeat_action_probability}, "
         f"max steps {args.max_steps}\n"
-        f"- observation: {args.frames} frame(s), {args.encoding}, crop {args.crop}, decode {args.decode}\n"
+        f"- observation: {summary['observation']}, decode {args.decode}\n"
     )
 
 

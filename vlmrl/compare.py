@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmrl import cli
 from vlmrl.results import (
     bootstrap_ci,
     game_slug,
@@ -352,7 +353,7 @@ def compare(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments of `python -m vlmrl.compare`."""
-    parser = argparse.ArgumentParser(prog="python -m vlmrl.compare", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m vlmrl.compare", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--experiment",
         nargs="*",
@@ -411,4 +412,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlmrl.observation import ObservationConfig
+from vlmrl.observation import ObservationConfig, resolve_observation
 
 
 @dataclass
@@ -20,27 +20,29 @@ class EnvArguments:
 
 @dataclass
 class ObservationArguments:
-    """What the model sees of the game."""
+    """What the model sees of the game. Unset fields come from the model's record (the tiny model's
+    build and every checkpoint train.py writes say what they see), else one RGB frame at the model's size."""
 
-    frames: int = field(default=1, metadata={"help": "frames per observation (2 shows which way the ball moves)"})
-    encoding: str = field(
-        default="rgb",
-        metadata={"help": "rgb: each frame its own image; motion: 2 frames packed in one image (tiny model)"},
+    frames: int | None = field(
+        default=None, metadata={"help": "frames per observation (2 shows which way the ball moves); default: "
+                                        "the model's record, else 1"})
+    encoding: str | None = field(
+        default=None,
+        metadata={"help": "rgb: each frame its own image; motion: 2 frames packed in one image (tiny model); "
+                          "default: the model's record, else rgb"},
     )
-    crop: bool = field(default=False, metadata={"help": "crop the playfield before resizing"})
+    crop: bool | None = field(default=None, metadata={"help": "crop the playfield before resizing (default: the "
+                                                               "model's record, else false)"})
     image_size: int | None = field(
-        default=None, metadata={"help": "image side in pixels (default: the model's vision image size)"}
+        default=None, metadata={"help": "image side in pixels (default: the model's record, else its vision size)"}
     )
-    resample: str = field(default="nearest", metadata={"help": "resize filter: nearest keeps the ball, or bilinear"})
+    resample: str | None = field(default=None, metadata={"help": "resize filter: nearest (default) keeps the ball, "
+                                                                   "or bilinear"})
 
-    def observation_config(self, default_image_size: int = 384) -> ObservationConfig:
-        return ObservationConfig(
-            frames=self.frames,
-            encoding=self.encoding,
-            crop=self.crop,
-            image_size=self.image_size or default_image_size,
-            resample=self.resample,
-        )
+    def observation_config(self, model: str | None = None, default_image_size: int = 384) -> ObservationConfig:
+        """The observation: these fields where set, else ``model``'s record, else the defaults."""
+        given = {k: getattr(self, k) for k in ("frames", "encoding", "crop", "image_size", "resample")}
+        return resolve_observation(given, model, default_image_size)
 
 
 @dataclass
@@ -62,15 +64,17 @@ class PolicyArguments(ObservationArguments):
     )
 
     def validate_policy(self) -> None:
-        if self.policy not in ("model", "random", "oracle"):
-            raise ValueError(f"--policy must be model, random or oracle, got {self.policy!r}")
+        from vlmrl.policies import policy_names
+
+        if self.policy not in policy_names():
+            raise ValueError(f"--policy must be one of {', '.join(policy_names())}, got {self.policy!r}")
         if self.policy == "model" and not self.model:
             raise ValueError("--policy model needs --model (a path or Hub id); or use --policy random/oracle")
         if self.decode not in ("constrained", "generate"):
             raise ValueError(f"--decode must be constrained or generate, got {self.decode!r}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
-        self.observation_config()  # validates frames/encoding/resample now, before any work
+        self.observation_config(self.model if self.policy == "model" else None)  # validates now, before any work
 
 
 @dataclass
@@ -81,7 +85,10 @@ class CollectArguments(PolicyArguments, EnvArguments):
     max_steps: int | None = field(default=None, metadata={"help": "cap on agent steps per episode (default: none)"})
     num_envs: int = field(default=8, metadata={"help": "environments stepped as one batch"})
     seed: int = field(default=0, metadata={"help": "episode i is played with seed + i"})
-    gamma: float = field(default=0.99, metadata={"help": "discount of the stored return_to_go"})
+    gamma: float = field(
+        default=0.99,
+        metadata={"help": "discount of the stored return_to_go (the one gamma: reflection reads that column)"},
+    )
     teacher_mix: float = field(
         default=0.0,
         metadata={"help": "probability that a step plays the oracle's action instead of the model's (DAgger's mix)"},
@@ -125,7 +132,6 @@ class ReflectArguments(ObservationArguments):
         default="poor", metadata={"help": "poor: steps with negative return-to-go; all: every step (DAgger-style)"}
     )
     reflection_rate: float = field(default=0.3, metadata={"help": "share of the candidate steps reflected on"})
-    gamma: float = field(default=0.99, metadata={"help": "discount for the return-to-go that marks poor steps"})
     max_reflections: int | None = field(default=None, metadata={"help": "cap on reflections (default: none)"})
     completion_reasoning: bool = field(
         default=True,
@@ -149,13 +155,11 @@ class ReflectArguments(ObservationArguments):
             raise ValueError(f"--reflect-on must be poor or all, got {self.reflect_on!r}")
         if not 0.0 < self.reflection_rate <= 1.0:
             raise ValueError(f"--reflection-rate must be in (0, 1], got {self.reflection_rate}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"--gamma must be in [0, 1], got {self.gamma}")
         if self.max_reflections is not None and self.max_reflections < 0:
             raise ValueError(f"--max-reflections must be >= 0, got {self.max_reflections}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        self.observation_config()
+        self.observation_config(self.model)
 
 
 @dataclass

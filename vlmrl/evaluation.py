@@ -8,54 +8,46 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlmrl.collection import build_policy
 from vlmrl.configs import EvaluateArguments
 from vlmrl.data import ensure_writable, meta_path, write_json
-from vlmrl.env import AtariBatch, game_name
-from vlmrl.results import build_results, eval_seeds, write_results
+from vlmrl.env import AtariBatch
+from vlmrl.games import Game, get_game
+from vlmrl.games.base import decide_batch
+from vlmrl.policies import build_policy
+from vlmrl.results import agreement_by_phase, build_results, eval_seeds, write_results
 from vlmrl.rollout import EpisodeRecord, play_episodes
 
 RESULTS = "results.json"
 TRAIN_MANIFEST = "vlmrl_train.json"  # marks a checkpoint written by train.py
 
 
-def oracle_agreement(game_id: str, episodes: list[EpisodeRecord]) -> float | None:
-    """Share of steps whose action is in the oracle's class (up/down/stay); None without an oracle."""
-    return oracle_agreement_stats(game_id, episodes)[0]
+def oracle_agreement(game: Game, episodes: list[EpisodeRecord]) -> float | None:
+    """Share of steps whose action is in the oracle's class (e.g. up/down/stay); None without an oracle."""
+    return oracle_agreement_stats(game, episodes)[0]
 
 
-def oracle_agreement_stats(game_id: str, episodes: list[EpisodeRecord]) -> tuple[float | None, dict | None]:
-    """The oracle agreement, and (Pong) the same split by where the ball is in the rally:
-    ``{phase: {agreement, steps}}`` for ``vlmrl.oracle.BALL_PHASES``; each None where it does not apply.
+def oracle_agreement_stats(game: Game, episodes: list[EpisodeRecord]) -> tuple[float | None, dict | None]:
+    """The oracle agreement, and the same split by the game's phases (Pong: where the ball is in the
+    rally) as ``{phase: {agreement, steps}}``; each None where the game has no oracle or no phases.
 
-    Agreement while the ball comes toward the player is the part that wins or loses points; while
-    it goes away, "drift back to the middle" is easy.
+    In Pong, agreement while the ball comes toward the player is the part that wins or loses points;
+    while it goes away, "drift back to the middle" is easy.
     """
-    from vlmrl.oracle import agreement_by_phase, ball_phase
-
-    per_step = _agreement_per_step(game_id, episodes)
+    if not game.has_oracle:
+        return None, None
+    oracle = game.oracle()
+    per_step = []
+    for episode in episodes:
+        decisions = decide_batch(oracle, [s.ram for s in episode.steps], [s.prev_ram for s in episode.steps])
+        per_step += [game.same_class(s.decision.action, d.action)
+                     for s, d in zip(episode.steps, decisions, strict=True)]
     if not per_step:
         return None, None
     overall = sum(per_step) / len(per_step)
-    if game_name(game_id).lower() != "pong":
+    if not game.phases:
         return overall, None
-    phases = [ball_phase(s.ram, s.prev_ram) for e in episodes for s in e.steps]
-    return overall, agreement_by_phase(per_step, phases)
-
-
-def _agreement_per_step(game_id: str, episodes: list[EpisodeRecord]) -> list[bool] | None:
-    """Whether each step's action is in the oracle's class, in order; None without an oracle."""
-    from vlmrl.oracle import get_oracle, has_oracle, same_class
-
-    if not has_oracle(game_id):
-        return None
-    oracle = get_oracle(game_id)
-    out = []
-    for episode in episodes:
-        decisions = oracle.decide_batch([s.ram for s in episode.steps], [s.prev_ram for s in episode.steps])
-        out += [same_class(game_id, s.decision.action, d.action) for s, d in zip(episode.steps, decisions,
-                                                                                   strict=True)]
-    return out
+    phases = [game.phase(s.ram, s.prev_ram) for e in episodes for s in e.steps]
+    return overall, agreement_by_phase(per_step, phases, game.phases)
 
 
 def save_gif(frames: list[np.ndarray], path: Path, max_frames: int, fps: int = 15) -> Path:
@@ -70,14 +62,15 @@ def save_gif(frames: list[np.ndarray], path: Path, max_frames: int, fps: int = 1
 def evaluate(args: EvaluateArguments) -> dict:
     """Plays ``args.episodes`` held-out episodes and writes ``results.json`` (and a GIF) to the output dir."""
     output_dir = ensure_writable(args.output_dir)
+    game = get_game(args.game)
     seeds = eval_seeds(args.episodes)
-    batch = AtariBatch(args.game, args.num_envs, frameskip=args.frameskip,
+    batch = AtariBatch(game.id, args.num_envs, frameskip=args.frameskip,
                        repeat_action_probability=args.repeat_action_probability)
     try:
-        policy, model_name = build_policy(args, args.game, batch.action_names, seed=args.seed)
+        policy = build_policy(args, game, batch.action_names, seed=args.seed)
         start = time.perf_counter()
         episodes = list(
-            play_episodes(policy, batch, list(enumerate(seeds)), frames=args.frames, max_steps=args.max_steps,
+            play_episodes(policy, batch, list(enumerate(seeds)), max_steps=args.max_steps,
                           keep_frames={0} if args.video else False, progress=args.progress, desc="evaluate")
         )
         wall = time.perf_counter() - start
@@ -88,9 +81,9 @@ def evaluate(args: EvaluateArguments) -> dict:
     video = None
     if args.video:
         video = str(save_gif([s.frame for s in episodes[0].steps], output_dir / "episode.gif", args.video_max_frames))
-    agreement, agreement_split = oracle_agreement_stats(args.game, episodes)
+    agreement, agreement_split = oracle_agreement_stats(game, episodes)
     results = build_results(
-        model=model_name,
+        model=policy.model_name,
         game=args.game,
         policy=args.policy,
         seeds=seeds,
@@ -105,7 +98,7 @@ def evaluate(args: EvaluateArguments) -> dict:
     write_results(output_dir / RESULTS, results)
     card = Path(args.model or "") / "README.md"
     if args.policy == "model" and card.exists() and meta_path(card.parent, TRAIN_MANIFEST).exists():
-        from vlmrl.hub import add_eval_results_to_card
+        from vlmrl.cards import add_eval_results_to_card
 
         add_eval_results_to_card(card, results)
     if args.probe == "vision":
@@ -113,8 +106,7 @@ def evaluate(args: EvaluateArguments) -> dict:
 
         if args.policy != "model":
             raise ValueError("--probe vision needs a model (--policy model --model ...)")
-        probe = run_vision_probe(args.model, game_id=args.game, frames=args.probe_frames,
-                                 observation=args.observation_config(policy.encoder.observation.image_size))
+        probe = run_vision_probe(args.model, game=game, frames=args.probe_frames, observation=policy.observation)
         write_json(output_dir / "probe.json", probe)
         results = {**results, "probe": probe}
     return results

@@ -2,7 +2,8 @@
 
 The Makefile calls ``python -m vlmrl.experiment phase <name> ...`` for each file target, so
 each phase is exactly the script a user would run by hand (the command is printed), and
-``summarize`` / ``report`` build ``experiment_summary.json``, the plot and the table.
+``summarize`` / ``report`` build ``experiment_summary.json``, the plot and the table
+(``vlmrl.report``).
 
     data/experiments/<exp>/iteration_0/results.json           the base model's evaluation
     data/experiments/<exp>/iteration_<k>/{episodes,reflections,checkpoint,results.json}
@@ -10,8 +11,6 @@ each phase is exactly the script a user would run by hand (the command is printe
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from vlmrl.data import meta_path, write_json
-from vlmrl.hub import hub_repo_id
-from vlmrl.results import game_slug, load_results
+from vlmrl.cli import ArgumentParser, run
+from vlmrl.references import hub_repo_id
 
 PHASES = ("collect", "reflect", "train", "evaluate")
+OBSERVATION_KEYS = ("frames", "encoding", "crop", "image_size", "resample")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,7 +45,21 @@ def recipe_settings(recipe: str | Path) -> dict:
         raise ValueError(f"{path} must name base_model")
     settings.setdefault("game", "ALE/Pong-v5")
     settings.setdefault("reflections_window", 1)
+    observation = settings.setdefault("observation", {}) or {}
+    unknown = set(observation) - set(OBSERVATION_KEYS)
+    if not isinstance(observation, dict) or unknown:
+        raise ValueError(f"{path}: observation must be a mapping of {', '.join(OBSERVATION_KEYS)}; got {observation!r}")
+    settings["observation"] = observation
     return settings
+
+
+def observation_flags(settings: dict) -> list[str]:
+    """The recipe's observation block as flags for every phase: one place says what the model sees
+    (where the block is empty, each phase reads the model's own record)."""
+    flags = []
+    for key, value in settings["observation"].items():
+        flags += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
 
 
 def model_for(exp_dir: Path, k: int, base_model: str) -> str:
@@ -96,7 +109,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
             cmd += ["--probe", "vision"]
     else:
         raise ValueError(f"unknown phase {phase!r}: one of {PHASES}")
-    return cmd
+    return cmd + observation_flags(settings)
 
 
 def _flags(overrides: dict, **names: str) -> list[str]:
@@ -118,148 +131,8 @@ def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dic
         raise SystemExit(result.returncode)
 
 
-# --- summary, plot, table -------------------------------------------------------------------------
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def reference_results(game: str, root: str | Path = "data/reference") -> dict[str, dict]:
-    """The random and oracle policies' evaluations, the reference lines of every curve."""
-    out = {}
-    for policy in ("random", "oracle"):
-        path = Path(root) / game_slug(game) / policy / "results.json"
-        if path.exists():
-            out[policy] = load_results(path)
-    return out
-
-
-def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
-    """experiment_summary.json: entry 0 the base model's eval, entry k the phases of iteration k."""
-    iterations = []
-    base_eval = iteration_dir(exp_dir, 0) / "results.json"
-    if base_eval.exists():
-        iterations.append({"iteration": 0, "eval": load_results(base_eval)})
-    env_steps_total = 0
-    k = 1
-    while (iteration_dir(exp_dir, k) / "results.json").exists():
-        it = iteration_dir(exp_dir, k)
-        trial = _read(meta_path(it / "episodes", "summary.json")) or {}
-        trial = {key: v for key, v in trial.items() if key != "settings"}
-        env_steps_total += int(trial.get("steps", 0))
-        iterations.append(
-            {
-                "iteration": k,
-                "trial": trial,
-                "reflection": _read(meta_path(it / "reflections", "summary.json")),
-                "train": _read(it / "checkpoint" / "train_metrics.json"),
-                "eval": load_results(it / "results.json"),
-                "env_steps_total": env_steps_total,
-            }
-        )
-        k += 1
-    return {"experiment": exp_dir.name, "recipe": str(recipe), "iterations": iterations}
-
-
-def summarize(exp_dir: Path, recipe: str | Path) -> dict:
-    """Writes experiment_summary.json, the learning-curve PNG and TensorBoard scalars."""
-    summary = build_summary(exp_dir, recipe)
-    write_json(exp_dir / "experiment_summary.json", summary)
-    game = recipe_settings(recipe)["game"]
-    if summary["iterations"]:
-        plot_learning_curve(summary, reference_results(game), exp_dir / "learning_curve.png")
-        write_tensorboard(summary, exp_dir / "tensorboard" / "loop")
-    return summary
-
-
-def plot_learning_curve(summary: dict, references: dict[str, dict], path: Path) -> Path:
-    """Mean eval return (95% CI) per iteration and against agent steps collected."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    its = summary["iterations"]
-    x_iter = [e["iteration"] for e in its]
-    x_steps = [e.get("env_steps_total", 0) for e in its]
-    mean = [e["eval"]["mean_return"] for e in its]
-    low = [e["eval"]["mean_return"] - e["eval"]["ci95"][0] for e in its]
-    high = [e["eval"]["ci95"][1] - e["eval"]["mean_return"] for e in its]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, xs, label in ((axes[0], x_iter, "iteration"), (axes[1], x_steps, "agent steps collected")):
-        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=f"vlmrl ({summary['experiment']})")
-        for policy, style in (("random", ":"), ("oracle", "--")):
-            if policy in references:
-                ax.axhline(references[policy]["mean_return"], linestyle=style, color="grey",
-                           label=f"{policy} policy ({references[policy]['mean_return']:+.1f})")
-        ax.set_xlabel(label)
-        ax.set_ylabel("mean eval return (95% CI)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{summary['experiment']}: eval return")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def write_tensorboard(summary: dict, log_dir: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
-    with SummaryWriter(str(log_dir)) as writer:
-        for entry in summary["iterations"]:
-            k = entry["iteration"]
-            ev = entry["eval"]
-            writer.add_scalar("eval/mean_return", ev["mean_return"], k)
-            if ev.get("oracle_agreement") is not None:
-                writer.add_scalar("eval/oracle_agreement", ev["oracle_agreement"], k)
-            if _toward(ev) is not None:
-                writer.add_scalar("eval/oracle_agreement_ball_toward", _toward(ev), k)
-            if entry.get("trial") and entry["trial"].get("mean_return") is not None:
-                writer.add_scalar("trial/mean_return", entry["trial"]["mean_return"], k)
-            reflection = entry.get("reflection") or {}
-            for key in ("reflected", "poor_steps", "invalid", "accuracy"):
-                if reflection.get(key) is not None:
-                    writer.add_scalar(f"reflection/{key}", reflection[key], k)
-            train = entry.get("train") or {}
-            if train.get("train_loss") is not None:
-                writer.add_scalar("train/loss", train["train_loss"], k)
-
-
-def format_table(summary: dict) -> str:
-    """The per-iteration table ``make report`` prints (markdown)."""
-    rows = [
-        "| iteration | agent steps | trial return | reflected | reflection acc. | train loss | eval return (95% CI) "
-        "| oracle agreement | agreement, ball toward you | invalid |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in summary["iterations"]:
-        ev, trial = e["eval"], e.get("trial") or {}
-        refl, train = e.get("reflection") or {}, e.get("train") or {}
-        acc = refl.get("accuracy")
-        agreement = ev.get("oracle_agreement")
-        rows.append(
-            f"| {e['iteration']} | {e.get('env_steps_total', 0)} | "
-            f"{_fmt(trial.get('mean_return'), '+.2f')} | {refl.get('reflected', '-')} | {_fmt(acc, '.3f')} | "
-            f"{_fmt(train.get('train_loss'), '.3f')} | "
-            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
-            f"| {_fmt(agreement, '.3f')} | {_fmt(_toward(ev), '.3f')} | {ev['invalid_rate']:.1%} |"
-        )
-    return "\n".join(rows)
-
-
-def _toward(ev: dict) -> float | None:
-    """Agreement while the ball comes toward the player (results written before it existed: None)."""
-    return ((ev.get("oracle_agreement_by_phase") or {}).get("toward") or {}).get("agreement")
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the loop's phases and report (used by the Makefile).")
+    parser = ArgumentParser(description="Run the loop's phases and report (used by the Makefile).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("phase", help="run one phase of one iteration")
     p.add_argument("phase", choices=PHASES)
@@ -292,13 +165,17 @@ def main(argv: list[str] | None = None) -> None:
                      if k not in ("command", "phase", "exp", "recipe", "root", "iteration")}
         run_phase(args.phase, exp_dir=exp_dir, recipe=Path(args.recipe), k=args.iteration, overrides=overrides)
     elif args.command == "summarize":
+        from vlmrl.report import summarize
+
         summary = summarize(exp_dir, args.recipe)
         print(f"{exp_dir / 'experiment_summary.json'}: {len(summary['iterations'])} entries")
     else:
+        from vlmrl.report import format_table, summarize
+
         summary = summarize(exp_dir, args.recipe)
         print(format_table(summary))
         print(f"\nplot: {exp_dir / 'learning_curve.png'}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -13,23 +13,25 @@ for a whole batch at once as one array (what acting uses every step).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from vlmrl.env import game_name
+if TYPE_CHECKING:
+    from vlmrl.games import Game
 
-# Rows of the playfield (below the score, between the walls) per game, for ``crop``.
-PLAYFIELD_ROWS: dict[str, tuple[int, int]] = {"Pong": (34, 194)}
-# Luminance of the empty playfield, subtracted by the motion encoding.
-BACKGROUND_LUMINANCE: dict[str, float] = {"Pong": 87.0}
 _MOTION_GAIN = 1.7  # maps the ball's contrast (~149) to ~254
 
 
-# What train.py writes beside a checkpoint: the observation it was fine-tuned on (the probe reads it).
+# What train.py writes beside a checkpoint: the observation it was fine-tuned on. The tiny model's
+# build records its own in TINY_CONFIG_FILE. Every phase reads the record of the model it runs.
 OBSERVATION_FILE = "vlmrl_observation.json"
+TINY_CONFIG_FILE = "tiny_config.json"
 
 
 @dataclass(frozen=True)
@@ -59,19 +61,41 @@ class ObservationConfig:
         return 1 if self.encoding == "motion" else self.frames
 
 
-def _playfield_rows(game_id: str) -> tuple[int, int]:
-    rows = PLAYFIELD_ROWS.get(game_name(game_id))
-    if rows is None:
-        raise ValueError(
-            f"no playfield crop is known for {game_id}; known: {sorted(PLAYFIELD_ROWS)}. Set crop: false"
-        )
-    return rows
+def recorded_observation(model: str | Path | None) -> dict | None:
+    """The observation a local model was built or fine-tuned for (its record's fields), or None."""
+    if not model:
+        return None
+    path = Path(model)
+    tiny = path / TINY_CONFIG_FILE
+    if tiny.is_file() and (observation := json.loads(tiny.read_text()).get("observation")):
+        return dict(observation)
+    tuned = path / OBSERVATION_FILE
+    if tuned.is_file():
+        return dict(json.loads(tuned.read_text()))
+    return None
 
 
-def _crop(frame: np.ndarray, game_id: str, crop: bool) -> np.ndarray:
+def resolve_observation(given: dict, model: str | Path | None, default_image_size: int = 384) -> ObservationConfig:
+    """The observation a phase uses: each field given (a flag or recipe key, not None) wins, then the
+    model's record (``recorded_observation``), then the defaults (one RGB frame at the vision size)."""
+    known = ObservationConfig.__dataclass_fields__
+    fields = {k: v for k, v in (recorded_observation(model) or {}).items() if k in known}
+    fields.setdefault("image_size", default_image_size)
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return ObservationConfig(**fields)
+
+
+def write_observation_record(directory: str | Path, observation: ObservationConfig) -> Path:
+    """Records beside a checkpoint the observation it was trained on."""
+    path = Path(directory) / OBSERVATION_FILE
+    path.write_text(json.dumps(asdict(observation), indent=2) + "\n")
+    return path
+
+
+def _crop(frame: np.ndarray, game: Game, crop: bool) -> np.ndarray:
     if not crop:
         return frame
-    top, bottom = _playfield_rows(game_id)
+    top, bottom = game.crop_rows()
     return frame[top:bottom]
 
 
@@ -85,9 +109,9 @@ def luminance(frame: np.ndarray) -> np.ndarray:
     return frame[..., 0] * 0.299 + frame[..., 1] * 0.587 + frame[..., 2] * 0.114
 
 
-def motion_image(current: np.ndarray, previous: np.ndarray, game_id: str) -> np.ndarray:
+def motion_image(current: np.ndarray, previous: np.ndarray, game: Game) -> np.ndarray:
     """Two RGB frames -> one uint8 image: R,B = current, G = previous, background ~1, never all 0."""
-    background = BACKGROUND_LUMINANCE.get(game_name(game_id), 0.0)
+    background = game.background_luminance
     channels = []
     for frame in (current, previous, current):
         contrast = np.abs(luminance(frame.astype(np.float32)) - background) * _MOTION_GAIN
@@ -95,13 +119,13 @@ def motion_image(current: np.ndarray, previous: np.ndarray, game_id: str) -> np.
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
-def encode_observation(frames: list[np.ndarray], config: ObservationConfig, game_id: str) -> list[Image.Image]:
+def encode_observation(frames: list[np.ndarray], config: ObservationConfig, game: Game) -> list[Image.Image]:
     """The last ``config.frames`` raw frames (oldest first) -> the prompt's images."""
     if len(frames) != config.frames:
         raise ValueError(f"expected {config.frames} frames, got {len(frames)}")
-    cropped = [_crop(f, game_id, config.crop) for f in frames]
+    cropped = [_crop(f, game, config.crop) for f in frames]
     if config.encoding == "motion":
-        arrays = [motion_image(cropped[-1], cropped[-2], game_id)]
+        arrays = [motion_image(cropped[-1], cropped[-2], game)]
     else:
         arrays = cropped
     return [_resize(Image.fromarray(a), config) for a in arrays]
@@ -119,7 +143,7 @@ def _nearest_pick(height: int, width: int, size: int, top: int) -> np.ndarray:
 def encode_batch(
     observations: list[list[np.ndarray]],
     config: ObservationConfig,
-    game_id: str,
+    game: Game,
     cache: dict | None = None,
     *,
     channels_first: bool = False,
@@ -145,14 +169,14 @@ def encode_batch(
     if config.resample != "nearest" or not observations:
         out = np.zeros((len(observations), count, size, size, 3), np.uint8)
         for i, frames in enumerate(observations):
-            for j, image in enumerate(encode_observation(frames, config, game_id)):
+            for j, image in enumerate(encode_observation(frames, config, game)):
                 out[i, j] = np.asarray(image)
         return np.ascontiguousarray(out.transpose(0, 1, 4, 2, 3)) if channels_first else out
     height, width = shape[:2]
-    top, bottom = _playfield_rows(game_id) if config.crop else (0, height)
+    top, bottom = game.crop_rows() if config.crop else (0, height)
     pick = _nearest_pick(bottom, width, size, top)
     previous = {} if cache is None else cache
-    layout = (config, game_id, channels_first)  # what a cached part was made for
+    layout = (config, game.id, channels_first)  # what a cached part was made for
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(frame) -> (frame, its part): the frame keeps its id
     missing = []
     for frames in observations:
@@ -167,7 +191,7 @@ def encode_batch(
     if missing:
         small = np.stack([np.take(np.ascontiguousarray(f).ravel(), pick) for f in missing])  # (m, size, size, 3)
         if config.encoding == "motion":
-            background = BACKGROUND_LUMINANCE.get(game_name(game_id), 0.0)
+            background = game.background_luminance
             contrast = np.abs(luminance(small.astype(np.float32)) - background) * _MOTION_GAIN
             small = (np.clip(contrast, 0, 254) + 1).astype(np.uint8)  # (m, size, size)
         elif channels_first:

@@ -11,27 +11,27 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vlmrl.env import game_name
-from vlmrl.oracle import ACTION_CLASSES as PONG_ACTION_CLASSES
+if TYPE_CHECKING:
+    from vlmrl.games import Game
+    from vlmrl.observation import ObservationConfig
 
-GAME_RULES: dict[str, str] = {
-    "Pong": "You are the green paddle on the right: hit the ball back or lose a point.",
-}
-# What each action does to the player, in words the model can tie to the picture: the oracle's classes.
-ACTION_EFFECTS: dict[str, dict[str, str]] = {"Pong": PONG_ACTION_CLASSES}
 ANSWER_PREFIX = '{"action": "'
 MAX_ANSWER_CHARS = 4000  # longer outputs are cut before parsing: a runaway generation is not an answer
 
 
-def system_prompt(game_id: str, actions: list[str]) -> str:
-    """Explains the game, its actions and the answer format."""
-    game = game_name(game_id)
-    rules = GAME_RULES.get(game, f"You are playing the Atari game {game}. Score as many points as you can.")
-    effects = ACTION_EFFECTS.get(game, {})
-    listed = " ".join(f"{a} ({effects[a]})" if a in effects else a for a in actions)
-    return f"{game}. {rules} Actions: {listed}. " 'Answer JSON: {"action": ..., "reasoning": ...}.'
+def _listed_actions(game: Game, actions: list[str], sep: str) -> str:
+    """The legal actions, each with what it does to the player where the game says (its classes)."""
+    effects = game.action_classes
+    return sep.join(f"{a} ({effects[a]})" if a in effects else a for a in actions)
 
+
+def system_prompt(game: Game, actions: list[str]) -> str:
+    """Explains the game, its actions and the answer format."""
+    rules = game.rules or f"You are playing the Atari game {game.name}. Score as many points as you can."
+    listed = _listed_actions(game, actions, " ")
+    return f"{game.name}. {rules} Actions: {listed}. " 'Answer JSON: {"action": ..., "reasoning": ...}.'
 
 
 def user_prompt(num_images: int, encoding: str) -> str:
@@ -42,12 +42,12 @@ def user_prompt(num_images: int, encoding: str) -> str:
     return "Your move?"
 
 
-def acting_messages(game_id: str, actions: list[str], num_images: int, encoding: str) -> list[dict]:
+def acting_messages(game: Game, actions: list[str], num_images: int, encoding: str) -> list[dict]:
     """The acting prompt as chat messages (TRL's conversational format, images as placeholders)."""
     content = [{"type": "image"} for _ in range(num_images)]
     content.append({"type": "text", "text": user_prompt(num_images, encoding)})
     return [
-        {"role": "system", "content": [{"type": "text", "text": system_prompt(game_id, actions)}]},
+        {"role": "system", "content": [{"type": "text", "text": system_prompt(game, actions)}]},
         {"role": "user", "content": content},
     ]
 
@@ -122,7 +122,7 @@ REFLECTION_KEYS = ("analysis", "correct_action", "correct_reasoning")
 
 
 def reflection_messages(
-    game_id: str,
+    game: Game,
     actions: list[str],
     *,
     action_taken: str,
@@ -133,10 +133,8 @@ def reflection_messages(
     num_images_next: int,
 ) -> list[dict]:
     """The self/teacher reflection prompt: the frame(s), the move, its outcome and the next frame(s)."""
-    game = game_name(game_id)
-    rules = GAME_RULES.get(game, f"The Atari game {game}.")
-    effects = ACTION_EFFECTS.get(game, {})
-    listed = ", ".join(f"{a} ({effects[a]})" if a in effects else a for a in actions)
+    rules = game.rules or f"The Atari game {game.name}."
+    listed = _listed_actions(game, actions, ", ")
     before = [{"type": "image"} for _ in range(num_images_now)]
     after = [{"type": "image"} for _ in range(num_images_next)]
     text = (
@@ -150,10 +148,34 @@ def reflection_messages(
             "content": [
                 {
                     "type": "text",
-                    "text": f"{game}. {rules} Actions: {listed}. Answer JSON: "
+                    "text": f"{game.name}. {rules} Actions: {listed}. Answer JSON: "
                     '{"analysis": ..., "correct_action": ..., "correct_reasoning": ...}.',
                 }
             ],
         },
         {"role": "user", "content": [*before, {"type": "text", "text": text}, *after]},
     ]
+
+
+# --- questions about an observation (the vision probe and the perception pre-training) ---------
+
+
+def observation_preamble(observation: ObservationConfig) -> str:
+    """What the image(s) are, said before a question."""
+    if observation.encoding == "motion":
+        return "Red: now, green: before. "
+    if observation.frames > 1:
+        return f"The last {observation.frames} frames, oldest first. "
+    return ""
+
+
+def question_messages(text: str, observation: ObservationConfig) -> list[dict]:
+    """A one-turn chat: the observation's image(s), then the question."""
+    content = [{"type": "image"} for _ in range(observation.images_per_observation)]
+    content.append({"type": "text", "text": observation_preamble(observation) + text})
+    return [{"role": "user", "content": content}]
+
+
+def option_text(option: str) -> str:
+    """An answer option as it follows 'Assistant:' in the chat template (which renders 'Assistant: text')."""
+    return " " + option

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from vlmrl.configs import ReflectArguments
 from vlmrl.data import (
     check_manifest,
-    discounted_returns,
     ensure_writable,
     existing_shards,
     meta_path,
@@ -29,13 +28,16 @@ from vlmrl.data import (
     write_shard,
 )
 from vlmrl.env import make_env
-from vlmrl.hub import load_dataset_reference
+from vlmrl.games import Game, get_game
+from vlmrl.games.base import decide_batch
 from vlmrl.models import vision_image_size
 from vlmrl.observation import ObservationConfig, encode_observation
 from vlmrl.prompts import acting_messages, completion_messages
+from vlmrl.references import load_dataset_reference
 from vlmrl.reflectors import ReflectionItem, build_reflector
 
-REQUIRED_EPISODE_COLUMNS = ["episode_id", "step", "frame", "action", "reasoning", "reward", "ram", "model"]
+REQUIRED_EPISODE_COLUMNS = ["episode_id", "step", "frame", "action", "reasoning", "reward", "return_to_go", "ram",
+                            "model"]
 CHUNK = 256  # reflections per shard: the unit of resumption
 MANIFEST = "reflection.json"
 PROGRESS = "progress.json"
@@ -66,41 +68,32 @@ def reflection_features(images_per_observation: int) -> Features:
 
 
 def select_steps(
-    episode_ids: np.ndarray,
-    steps: np.ndarray,
-    rewards: np.ndarray,
+    returns: np.ndarray,
     *,
-    gamma: float,
     reflect_on: str = "poor",
     rate: float = 0.3,
     max_reflections: int | None = None,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Row indices to reflect on (sorted), every row's return-to-go, and the number of poor steps."""
-    episode_ids, steps, rewards = np.asarray(episode_ids), np.asarray(steps), np.asarray(rewards, dtype=np.float64)
-    returns = np.zeros(len(rewards))
-    for episode in np.unique(episode_ids):
-        rows = np.flatnonzero(episode_ids == episode)
-        rows = rows[np.argsort(steps[rows])]
-        returns[rows] = discounted_returns(rewards[rows], gamma)
+) -> tuple[np.ndarray, int]:
+    """Row indices to reflect on (sorted) and the number of poor steps, from each row's stored
+    return-to-go (discounted with the collection's gamma: one gamma for the whole loop)."""
+    returns = np.asarray(returns, dtype=np.float64)
     poor = np.flatnonzero(returns < 0)
-    candidates = poor if reflect_on == "poor" else np.arange(len(rewards))
+    candidates = poor if reflect_on == "poor" else np.arange(len(returns))
     rng = np.random.default_rng(seed)
     n = int(round(len(candidates) * rate))
     if max_reflections is not None:
         n = min(n, max_reflections)
     chosen = np.sort(rng.choice(candidates, size=n, replace=False)) if n else np.array([], dtype=np.int64)
-    return chosen, returns, len(poor)
+    return chosen, len(poor)
 
 
-def reflection_accuracy(game_id: str, corrected: list[str], oracle: list[str | None]) -> float | None:
+def reflection_accuracy(game: Game, corrected: list[str], oracle: list[str | None]) -> float | None:
     """Share of corrected actions in the oracle's class (up/down/stay); None without an oracle."""
-    from vlmrl.oracle import same_class
-
     pairs = [(c, o) for c, o in zip(corrected, oracle, strict=True) if o]
     if not pairs:
         return None
-    return sum(same_class(game_id, c, o) for c, o in pairs) / len(pairs)
+    return sum(game.same_class(c, o) for c, o in pairs) / len(pairs)
 
 
 class _EpisodeIndex:
@@ -120,8 +113,8 @@ class _EpisodeIndex:
         return [np.asarray(self.dataset[r]["frame"].convert("RGB")) for r in rows]
 
 
-def _game_actions(game_id: str) -> list[str]:
-    env = make_env(game_id)
+def _game_actions(game: Game) -> list[str]:
+    env = make_env(game.id)
     try:
         return list(env.unwrapped.get_action_meanings())
     finally:
@@ -134,9 +127,8 @@ def _observation_row(images: list, observation: ObservationConfig) -> dict:
 
 def reflect(args: ReflectArguments) -> dict:
     """Runs the reflection phase into ``args.output_dir``; resumes a partial run. Returns the summary."""
-    from vlmrl.oracle import get_oracle, has_oracle
-
     output_dir = ensure_writable(args.output_dir)
+    game = get_game(args.game)
     dataset = load_dataset_reference(args.episodes)
     require_columns(dataset, REQUIRED_EPISODE_COLUMNS, "episodes")
     if len(dataset) == 0:
@@ -147,16 +139,15 @@ def reflect(args: ReflectArguments) -> dict:
                 if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
     check_manifest(output_dir, MANIFEST, settings, "reflection run")
 
-    actions = _game_actions(args.game)
-    table = dataset.select_columns(["episode_id", "step", "reward"])
-    chosen, returns, n_poor = select_steps(
-        np.asarray(table["episode_id"]), np.asarray(table["step"]), np.asarray(table["reward"]),
-        gamma=args.gamma, reflect_on=args.reflect_on, rate=args.reflection_rate,
+    actions = _game_actions(game)
+    returns = np.asarray(dataset.select_columns(["return_to_go"])["return_to_go"], dtype=np.float64)
+    chosen, n_poor = select_steps(
+        returns, reflect_on=args.reflect_on, rate=args.reflection_rate,
         max_reflections=args.max_reflections, seed=args.seed,
     )
-    observation = args.observation_config(vision_image_size(acting_model))
+    observation = args.observation_config(acting_model, vision_image_size(acting_model))
     features = reflection_features(observation.images_per_observation)
-    oracle = get_oracle(args.game) if has_oracle(args.game) else None
+    oracle = game.oracle() if game.has_oracle else None
     index = _EpisodeIndex(dataset)
     progress_path = meta_path(output_dir, PROGRESS)
     invalid_by_chunk = json.loads(progress_path.read_text()) if progress_path.exists() else {}
@@ -172,7 +163,7 @@ def reflect(args: ReflectArguments) -> dict:
         for c, rows in todo:
             if reflector is None:  # loading a VLM reflector is skipped when nothing is left to do
                 reflector = build_reflector(
-                    args.reflector, game_id=args.game, actions=actions, observation=observation,
+                    args.reflector, game=game, actions=actions, observation=observation,
                     acting_model=acting_model, max_new_tokens=args.max_new_tokens, retries=args.retries,
                 )
             out_rows, invalid = [], 0
@@ -197,7 +188,7 @@ def reflect(args: ReflectArguments) -> dict:
                     records.append(record)
                 reflections = reflector.reflect(items)
                 oracle_actions = (
-                    [d.action for d in oracle.decide_batch([i.ram for i in items], [i.prev_ram for i in items])]
+                    [d.action for d in decide_batch(oracle, [i.ram for i in items], [i.prev_ram for i in items])]
                     if oracle else [None] * len(items)
                 )
                 for item, record, reflection, oracle_action, r in zip(
@@ -206,10 +197,10 @@ def reflect(args: ReflectArguments) -> dict:
                     if reflection is None:
                         invalid += 1
                         continue
-                    images = encode_observation(item.frames, observation, args.game)
+                    images = encode_observation(item.frames, observation, game)
                     out_rows.append(
                         {
-                            "prompt": acting_messages(args.game, actions, len(images), observation.encoding),
+                            "prompt": acting_messages(game, actions, len(images), observation.encoding),
                             "completion": completion_messages(
                                 reflection.correct_action,
                                 reflection.correct_reasoning if args.completion_reasoning else None,
@@ -235,7 +226,7 @@ def reflect(args: ReflectArguments) -> dict:
     finally:
         bar.close()
 
-    summary = summarize(output_dir, args.game)
+    summary = summarize(output_dir, game)
     summary.update(
         {
             "total_steps": len(dataset),
@@ -245,7 +236,6 @@ def reflect(args: ReflectArguments) -> dict:
             "reflector": args.reflector,
             "reflect_on": args.reflect_on,
             "reflection_rate": args.reflection_rate,
-            "gamma": args.gamma,
             "wall_s": time.perf_counter() - start,
         }
     )
@@ -256,11 +246,9 @@ def reflect(args: ReflectArguments) -> dict:
     return summary
 
 
-def summarize(output_dir: str | Path, game_id: str) -> dict:
+def summarize(output_dir: str | Path, game: Game) -> dict:
     """Counts and accuracy read back from the written reflections."""
     import pyarrow.parquet as pq
-
-    from vlmrl.oracle import has_oracle, same_class
 
     columns = ["action_taken", "correct_action", "oracle_action"]
     taken, corrected, oracle = [], [], []
@@ -270,11 +258,11 @@ def summarize(output_dir: str | Path, game_id: str) -> dict:
         corrected += table.column("correct_action").to_pylist()
         oracle += table.column("oracle_action").to_pylist()
     changed = None
-    if corrected and has_oracle(game_id):
-        changed = sum(not same_class(game_id, a, b) for a, b in zip(taken, corrected, strict=True)) / len(corrected)
+    if corrected and game.has_oracle:
+        changed = sum(not game.same_class(a, b) for a, b in zip(taken, corrected, strict=True)) / len(corrected)
     elif corrected:
         changed = sum(a != b for a, b in zip(taken, corrected, strict=True)) / len(corrected)
-    accuracy = reflection_accuracy(game_id, corrected, oracle) if has_oracle(game_id) else None
+    accuracy = reflection_accuracy(game, corrected, oracle) if game.has_oracle else None
     return {"reflected": len(corrected), "changed_action_rate": changed, "accuracy": accuracy}
 
 
@@ -283,7 +271,7 @@ def reflections_card_body(args: ReflectArguments, summary: dict) -> str:
     return (
         f"Corrections written by the `{args.reflector}` reflector for steps of the episodes in `{args.episodes}`, "
         "in TRL's prompt/completion format with the observation as `image`: ready for `train.py`.\n\n"
-        f"- steps in the episodes: {summary['total_steps']}, poor (return-to-go < 0, gamma {args.gamma}): "
+        f"- steps in the episodes: {summary['total_steps']}, poor (stored return-to-go < 0): "
         f"{summary['poor_steps']}\n"
         f"- reflected on: {args.reflect_on} steps at rate {args.reflection_rate}: {summary['selected']} selected, "
         f"{summary['reflected']} written, {summary['invalid']} unusable answers dropped\n"

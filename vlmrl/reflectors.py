@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlmrl.games import Game
+from vlmrl.games.base import decide_batch
 from vlmrl.observation import ObservationConfig, encode_observation
 from vlmrl.prompts import REFLECTION_KEYS, json_objects, parse_answer, reflection_messages
 
@@ -41,15 +43,13 @@ class Reflection:
 class OracleReflector:
     """The RAM oracle's verdict, in words that name the positions it used."""
 
-    def __init__(self, game_id: str) -> None:
-        from vlmrl.oracle import get_oracle
-
+    def __init__(self, game: Game) -> None:
         self.name = "oracle"
-        self.oracle = get_oracle(game_id)
+        self.oracle = game.oracle()
         self.invalid = 0
 
     def reflect(self, items: list[ReflectionItem]) -> list[Reflection | None]:
-        decisions = self.oracle.decide_batch([i.ram for i in items], [i.prev_ram for i in items])
+        decisions = decide_batch(self.oracle, [i.ram for i in items], [i.prev_ram for i in items])
         return [Reflection(d.analysis, d.action, d.reasoning) for d in decisions]
 
 
@@ -60,7 +60,7 @@ class ModelReflector:
         self,
         name: str,
         model_path: str,
-        game_id: str,
+        game: Game,
         actions: list[str],
         observation: ObservationConfig,
         *,
@@ -70,7 +70,7 @@ class ModelReflector:
         from vlmrl.models import load_processor, load_vlm
 
         self.name = name
-        self.game_id = game_id
+        self.game = game
         self.actions = actions
         self.observation = observation
         self.model = load_vlm(model_path)
@@ -80,10 +80,10 @@ class ModelReflector:
         self.invalid = 0
 
     def _prompt(self, item: ReflectionItem) -> tuple[str, list]:
-        now = encode_observation(item.frames, self.observation, self.game_id)
-        after = encode_observation(item.next_frames, self.observation, self.game_id)
+        now = encode_observation(item.frames, self.observation, self.game)
+        after = encode_observation(item.next_frames, self.observation, self.game)
         messages = reflection_messages(
-            self.game_id, self.actions, action_taken=item.action_taken, reasoning=item.reasoning,
+            self.game, self.actions, action_taken=item.action_taken, reasoning=item.reasoning,
             reward=item.reward, return_to_go=item.return_to_go, num_images_now=len(now), num_images_next=len(after),
         )
         return self.processor.apply_chat_template(messages, add_generation_prompt=True), [*now, *after]
@@ -135,25 +135,23 @@ class ModelReflector:
 REFLECTOR_NAMES = "self, oracle or model:<path or Hub id>"
 
 
-def build_reflector(spec: str, *, game_id: str, actions: list[str], observation: ObservationConfig,
+def build_reflector(spec: str, *, game: Game, actions: list[str], observation: ObservationConfig,
                     acting_model: str | None, max_new_tokens: int = 128, retries: int = 0):
     """``self`` (the model that played), ``oracle``, or ``model:<path or Hub id>``."""
     if spec == "oracle":
-        from vlmrl.oracle import has_oracle
-
-        if not has_oracle(game_id):
+        if not game.has_oracle:
             raise ValueError(
-                f"the oracle reflector needs a game with an oracle; {game_id} has none (use self or model:)")
-        return OracleReflector(game_id)
+                f"the oracle reflector needs a game with an oracle; {game.id} has none (use self or model:)")
+        return OracleReflector(game)
     if spec == "self":
         if not acting_model or acting_model in ("random", "oracle"):
             raise ValueError(
                 f"--reflector self needs episodes played by a model, these were played by {acting_model!r}; "
                 "pass --model, or use oracle or model:<path>"
             )
-        return ModelReflector("self", acting_model, game_id, actions, observation,
+        return ModelReflector("self", acting_model, game, actions, observation,
                               max_new_tokens=max_new_tokens, retries=retries)
     if spec.startswith("model:") and len(spec) > len("model:"):
         path = spec[len("model:"):]
-        return ModelReflector(spec, path, game_id, actions, observation, max_new_tokens=max_new_tokens, retries=retries)
+        return ModelReflector(spec, path, game, actions, observation, max_new_tokens=max_new_tokens, retries=retries)
     raise ValueError(f"unknown reflector {spec!r}: use {REFLECTOR_NAMES}")

@@ -250,3 +250,14 @@ def load_results(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise ResultsSchemaError(f"{path}: not valid JSON ({error})") from error
     return validate_results(results, str(path))
+
+
+def agreement_by_phase(agrees: Sequence[bool], phases: Sequence[str], names: Sequence[str]) -> dict[str, dict]:
+    """Per phase name: the share of its steps that agree (None without steps) and their count."""
+    if len(agrees) != len(phases):
+        raise ValueError(f"one phase per step: got {len(agrees)} steps and {len(phases)} phases")
+    split = {}
+    for phase in names:
+        hits = [agree for agree, p in zip(agrees, phases, strict=True) if p == phase]
+        split[phase] = {"agreement": sum(hits) / len(hits) if hits else None, "steps": len(hits)}
+    return split

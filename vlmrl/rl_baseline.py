@@ -207,9 +207,11 @@ def evaluate_sb3_policy(
     """Play one episode per seed on a plain v5 env; returns, agent steps, oracle agreement, wall time."""
     from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
 
-    from vlmrl.oracle import agreement_by_phase, ball_phase
+    from vlmrl.games import get_game
+    from vlmrl.results import agreement_by_phase
 
-    oracle, same_class = _oracle_for(game)
+    the_game = get_game(game)
+    oracle = the_game.oracle() if the_game.has_oracle else None
     env = wrap_observation(make_env(game))
     action_names = list(env.unwrapped.get_action_meanings())
     returns: list[float] = []
@@ -229,8 +231,9 @@ def evaluate_sb3_policy(
                 action, _ = model.predict(stacked, deterministic=deterministic)
                 action = int(np.asarray(action).reshape(-1)[0])
                 if oracle is not None:
-                    agrees.append(same_class(game, action_names[action], oracle.decide(ram, prev_ram).action))
-                    phases.append(ball_phase(ram, prev_ram))
+                    agrees.append(the_game.same_class(action_names[action], oracle.decide(ram, prev_ram).action))
+                    if the_game.phases:
+                        phases.append(the_game.phase(ram, prev_ram))
                 obs, reward, terminated, truncated, _ = env.step(action)
                 episode_return += float(reward)
                 steps += 1
@@ -247,20 +250,11 @@ def evaluate_sb3_policy(
         "returns": returns,
         "env_steps": env_steps,
         "oracle_agreement": None if oracle is None else sum(agrees) / env_steps,
-        "oracle_agreement_by_phase": None if oracle is None else agreement_by_phase(agrees, phases),
+        "oracle_agreement_by_phase": (
+            agreement_by_phase(agrees, phases, the_game.phases) if oracle is not None and the_game.phases else None
+        ),
         "wall_s": wall_s,
     }
-
-
-def _oracle_for(game: str):
-    """The game's RAM oracle and its action-class test, or (None, None) where there is none."""
-    try:
-        from vlmrl.oracle import get_oracle, has_oracle, same_class
-    except ImportError:
-        return None, None
-    if not has_oracle(game):
-        return None, None
-    return get_oracle(game), same_class
 
 
 def seed_dir(config: BaselineConfig, seed: int) -> Path:

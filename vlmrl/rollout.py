@@ -1,23 +1,28 @@
-"""Plays seeded episodes with a policy across a batch of environments.
+"""Play across a batch of environments: every way vlmrl plays a game.
 
-Shared by collection (which stores every step) and evaluation (which keeps returns,
-agreement and one episode's frames for the video). Acting is batched: every active
-env's observation goes to the policy in one call per agent step.
+- ``play_episodes``: seeded episodes with a policy, shared by collection (which stores every
+  step) and evaluation (which keeps returns, agreement and one episode's frames for the video).
+  Acting is batched: every active env's observation goes to the policy in one call per step.
+- ``varied_play``: endless frames of the oracle with random actions mixed in, the data of the
+  perception pre-training and the vision probe.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from vlmrl.agent import Decision, Observation
 from vlmrl.env import AtariBatch
 from vlmrl.observation import FrameHistory
+from vlmrl.policies.base import Decision, Observation
+
+if TYPE_CHECKING:
+    from vlmrl.games import Game
 
 
 @dataclass
@@ -65,7 +70,6 @@ def play_episodes(
     batch: AtariBatch,
     jobs: list[tuple[int, int]],
     *,
-    frames: int = 1,
     max_steps: int | None = None,
     keep_frames: bool | set[int] = True,
     progress: bool = True,
@@ -77,6 +81,7 @@ def play_episodes(
 ) -> Iterator[EpisodeRecord]:
     """Plays each ``(episode_id, seed)`` job; yields episodes as they finish (not in job order).
 
+    Each observation holds the policy's ``history`` last frames (the teacher sees the same).
     ``max_steps`` caps an episode in agent steps (its last step is marked truncated);
     ``keep_frames`` is True, False, or the set of episode ids whose frames are kept.
     With a ``teacher`` policy, each step plays the teacher's action with probability ``teacher_mix``
@@ -86,6 +91,7 @@ def play_episodes(
     in the background while the next steps play).
     """
     rng = np.random.default_rng(seed)
+    frames = policy.history
     queue = list(jobs)
     slots: dict[int, _Slot] = {}
     bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
@@ -157,3 +163,71 @@ def play_episodes(
             fill()
     finally:
         bar.close()
+
+
+# --- frames of varied play ---------------------------------------------------------------------
+
+
+@dataclass
+class PlayFrame:
+    """One kept step of play: the last raw frames (oldest first) and this and the previous RAM."""
+
+    frames: list[np.ndarray]
+    ram: np.ndarray
+    prev_ram: np.ndarray
+    episode_seed: int
+
+    def scene(self, game: Game):
+        """The game's answer key of this step (what the observation shows, from the RAM)."""
+        return game.scene(self.ram, self.prev_ram, self.frames[-1])
+
+
+def envs_for(frames: int, keep_prob: float) -> int:
+    """Environments to play in parallel: 8, fewer for a handful of frames (each costs a ROM load)."""
+    return int(min(8, max(1, frames * (1 / keep_prob) // 500)))
+
+
+def varied_play(
+    game: Game,
+    *,
+    seed: int,
+    history: int = 2,
+    num_envs: int = 8,
+    keep_prob: float = 0.5,
+    epsilons: Sequence[float] = (0.5, 1.0),
+) -> Iterator[PlayFrame]:
+    """Endless frames of varied play: each episode is the oracle with a random action at rate
+    epsilon (drawn per episode from ``epsilons``; 1.0 is random play), each step kept with
+    ``keep_prob``. Episode k is seeded ``seed + k``; everything is deterministic for a seed."""
+    oracle = game.oracle()
+    rng = np.random.default_rng(seed)
+    batch = AtariBatch(game.id, num_envs)
+    actions = batch.action_names
+    next_episode = 0
+    slots = []
+    try:
+        for slot in range(num_envs):
+            frame, ram = batch.reset(slot, seed + next_episode)
+            slots.append({"frames": [frame] * history, "ram": ram, "prev_ram": ram,
+                          "epsilon": float(rng.choice(epsilons)), "seed": seed + next_episode})
+            next_episode += 1
+        while True:
+            chosen = {}
+            for slot, s in enumerate(slots):
+                if rng.random() < s["epsilon"]:
+                    chosen[slot] = actions[int(rng.integers(len(actions)))]
+                else:
+                    chosen[slot] = oracle.decide(s["ram"], s["prev_ram"]).action
+            for slot, result in batch.step(chosen).items():
+                s = slots[slot]
+                if result.terminated or result.truncated:
+                    frame, ram = batch.reset(slot, seed + next_episode)
+                    s.update(frames=[frame] * history, ram=ram, prev_ram=ram,
+                             epsilon=float(rng.choice(epsilons)), seed=seed + next_episode)
+                    next_episode += 1
+                    continue
+                s.update(frames=[*s["frames"][1:], result.frame], prev_ram=s["ram"], ram=result.ram)
+                if rng.random() < keep_prob:
+                    yield PlayFrame(list(s["frames"]), s["ram"], s["prev_ram"], s["seed"])
+    finally:
+        batch.close()

@@ -13,7 +13,6 @@ one that sees learns to act from few corrections. ``--no-pretrain`` keeps the ra
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -25,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmrl.observation import ObservationConfig
+from vlmrl import cli
+from vlmrl.games import get_game
+from vlmrl.observation import TINY_CONFIG_FILE, ObservationConfig
 from vlmrl.perception import (
-    CAPTION_TOKENS,
-    GAME_ID,
     PRETRAIN_SEED_BASE,
     PretrainConfig,
     collect_perception_data,
@@ -36,16 +35,11 @@ from vlmrl.perception import (
     pretrain_perception,
 )
 from vlmrl.probe import DEFAULT_PROBE_SEED
-from vlmrl.prompts import (
-    ACTION_EFFECTS,
-    REFLECTION_KEYS,
-    acting_messages,
-    format_answer,
-    reflection_messages,
-)
+from vlmrl.prompts import REFLECTION_KEYS, acting_messages, format_answer, reflection_messages
 
 DEFAULT_TINY_PATH = "data/models/tiny-smolvlm"
-PONG_ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+# The game the tiny model is taught to see, and whose action names its tokenizer makes single tokens.
+GAME = get_game("ALE/Pong-v5")
 
 SPECIAL_TOKENS = [
     "<|im_start|>",
@@ -103,10 +97,10 @@ def _tokenizer_corpus(extra_texts: list[str]) -> list[str]:
     rng = random.Random(0)
     texts: list[str] = []
     for encoding, n in (("rgb", 1), ("rgb", 2), ("motion", 1)):
-        for message in acting_messages(GAME_ID, PONG_ACTIONS, n, encoding):
+        for message in acting_messages(GAME, GAME.actions, n, encoding):
             texts += [c["text"] for c in message["content"] if c["type"] == "text"]
     for message in reflection_messages(
-        GAME_ID, PONG_ACTIONS, action_taken="LEFT", reasoning="r", reward=-1.0, return_to_go=-0.5,
+        GAME, GAME.actions, action_taken="LEFT", reasoning="r", reward=-1.0, return_to_go=-0.5,
         num_images_now=1, num_images_next=1,
     ):
         texts += [c["text"] for c in message["content"] if c["type"] == "text"]
@@ -114,12 +108,12 @@ def _tokenizer_corpus(extra_texts: list[str]) -> list[str]:
              "row", "column", "at", "is", "the", "my", "your", "so", "to", "meet", "it", "will", "reach",
              "predicted", "intercept", "out", "of", "play", "wait", "centre", "move", "and", "from", "with"]
     for _ in range(300):
-        action = rng.choice(PONG_ACTIONS)
+        action = rng.choice(GAME.actions)
         sentence = " ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 255)}."
         texts.append(format_answer(action, sentence))
         texts.append(json.dumps(dict(zip(REFLECTION_KEYS, [sentence, action, sentence], strict=True))))
     texts += [" ".join(str(i) for i in range(256)), "System: User: Assistant:"]
-    texts += list(ACTION_EFFECTS["Pong"]) * 50
+    texts += list(GAME.action_classes) * 50
     return texts * 20 + extra_texts
 
 
@@ -148,7 +142,7 @@ def build_tokenizer(vocab_size: int, extra_texts: list[str] = (), extra_tokens: 
         padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    for action in PONG_ACTIONS:
+    for action in GAME.actions:
         ids = tokenizer(action, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:  # constrained decoding's single-forward fast path relies on it
             raise RuntimeError(f"tiny tokenizer splits {action!r} into {len(ids)} tokens")
@@ -242,7 +236,7 @@ def build_tiny_model(
     output_dir = Path(output_dir)
     observation = observation_config(config)
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    tokenizer = build_tokenizer(config.vocab_size, perception_texts() * 20, CAPTION_TOKENS)
+    tokenizer = build_tokenizer(config.vocab_size, perception_texts(GAME) * 20, list(GAME.caption_vocabulary))
     processor = build_processor(config, tokenizer)
     model = build_model(config, tokenizer)
     report: dict = {}
@@ -260,7 +254,7 @@ def build_tiny_model(
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     recipe = _recipe(config, observation, pretrain)
-    (staging / "tiny_config.json").write_text(json.dumps({**recipe, "report": report}, indent=2))
+    (staging / TINY_CONFIG_FILE).write_text(json.dumps({**recipe, "report": report}, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     write_model_card(staging, config, card_text + _card_body(recipe, report), n_params)
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -289,9 +283,9 @@ def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:
 def built_recipe(output_dir: str | Path) -> dict | None:
     """The recipe of the model built at ``output_dir``, or None when there is none."""
     path = Path(output_dir)
-    if not (path / "config.json").is_file() or not (path / "tiny_config.json").is_file():
+    if not (path / "config.json").is_file() or not (path / TINY_CONFIG_FILE).is_file():
         return None
-    recorded = json.loads((path / "tiny_config.json").read_text())
+    recorded = json.loads((path / TINY_CONFIG_FILE).read_text())
     recorded.pop("report", None)
     return recorded
 
@@ -302,17 +296,17 @@ def _pretrain_and_probe(model, processor, observation, pretrain: PretrainConfig,
     report: dict = {"probe": {}}
     probe_samples = []
     if probe_frames > 0:
-        probe_samples = collect_probe_frames(GAME_ID, probe_frames, DEFAULT_PROBE_SEED, history=observation.frames)
-        report["probe"]["random_init"] = probe_model(model, processor, probe_samples, observation)
+        probe_samples = collect_probe_frames(GAME, probe_frames, DEFAULT_PROBE_SEED, history=observation.frames)
+        report["probe"]["random_init"] = probe_model(model, processor, probe_samples, observation, game=GAME)
     t = time.perf_counter()
     data = collect_perception_data(
-        pretrain.frames, observation, seed=PRETRAIN_SEED_BASE + 10_000 * pretrain.seed, progress=progress
+        pretrain.frames, observation, game=GAME, seed=PRETRAIN_SEED_BASE + 10_000 * pretrain.seed, progress=progress
     )
     report["data_seconds"] = round(time.perf_counter() - t, 1)
     result = pretrain_perception(model, processor, data, observation, pretrain, progress=progress)
     report["pretrain"] = result.summary()
     if probe_samples:
-        report["probe"]["pretrained"] = probe_model(model, processor, probe_samples, observation)
+        report["probe"]["pretrained"] = probe_model(model, processor, probe_samples, observation, game=GAME)
     return report
 
 
@@ -376,7 +370,7 @@ def _load_for_count(path: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Build the tiny SmolVLM-architecture model of the tiny recipe: random init, then a short "
         "perception pre-training on Pong frames (RAM targets, no action labels) so it can see but not play."
     )
@@ -431,9 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True)
     finally:
         torch.set_num_threads(threads)
-    report = json.loads((out / "tiny_config.json").read_text())["report"]
+    report = json.loads((out / TINY_CONFIG_FILE).read_text())["report"]
     print(json.dumps({"output_dir": str(out), **report}))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

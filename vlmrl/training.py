@@ -8,7 +8,7 @@ one or more reflections datasets, CPU-safe defaults, resuming, and the checkpoin
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,8 +16,9 @@ from datasets import concatenate_datasets
 
 from vlmrl.configs import ObservationArguments
 from vlmrl.data import check_manifest, meta_path, require_columns, write_json
-from vlmrl.hub import load_dataset_reference
-from vlmrl.observation import OBSERVATION_FILE
+from vlmrl.games import Game, get_game
+from vlmrl.observation import write_observation_record
+from vlmrl.references import load_dataset_reference
 
 MANIFEST = "vlmrl_train.json"
 METRICS = "train_metrics.json"
@@ -60,7 +61,7 @@ def _card_metrics(metrics: dict, training_args) -> dict:
             **{k: getattr(training_args, k) for k in hyper}}
 
 
-def balance_by_action_class(dataset, game_id: str, seed: int = 0):
+def balance_by_action_class(dataset, game: Game, seed: int = 0):
     """Oversamples the rarer corrected-action classes to the size of the largest.
 
     A good teacher says "stay" most of the time; trained on that imbalance, the tiny model
@@ -68,11 +69,9 @@ def balance_by_action_class(dataset, game_id: str, seed: int = 0):
     """
     import numpy as np
 
-    from vlmrl.oracle import action_class
-
     if "correct_action" not in dataset.column_names:
         raise ValueError("--balance_actions needs the reflections' correct_action column")
-    classes = [action_class(game_id, a) for a in dataset["correct_action"]]
+    classes = [game.action_class(a) for a in dataset["correct_action"]]
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
         groups.setdefault(c, []).append(i)
@@ -142,7 +141,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         raise ValueError("--model_name_or_path is required: the model to fine-tune (path or Hub id)")
     dataset = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
     if script_args.balance_actions:
-        dataset = balance_by_action_class(dataset, script_args.game, seed=training_args.seed)
+        dataset = balance_by_action_class(dataset, get_game(script_args.game), seed=training_args.seed)
         dataset = dataset.remove_columns(["correct_action"])
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +150,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         _check_output_dir(output_dir, settings)
     apply_device_defaults(training_args)
 
-    observation = script_args.observation_config(vision_image_size(base))
+    observation = script_args.observation_config(base, vision_image_size(base))
     processor = load_processor(base, observation)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     model = load_vlm(base, device=torch.device("cpu"), dtype=dtype)
@@ -191,8 +190,8 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)
         # What the checkpoint sees, for tools that only get its path (the vision probe).
-        write_json(output_dir / OBSERVATION_FILE, asdict(observation))
-        from vlmrl.hub import write_model_card
+        write_observation_record(output_dir, observation)
+        from vlmrl.cards import write_model_card
 
         write_model_card(
             output_dir, base_model=base, iteration=script_args.iteration, datasets=script_args.reflections,

@@ -2,13 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from vlmrl.agent import Observation, PromptEncoder, RandomPolicy, VLMPolicy
 from vlmrl.env import AtariBatch
+from vlmrl.games import get_game
 from vlmrl.models import load_processor, load_vlm
 from vlmrl.observation import ObservationConfig
+from vlmrl.policies import Observation
+from vlmrl.policies.random import RandomPolicy
+from vlmrl.policies.vlm import PromptEncoder, VLMPolicy
 from vlmrl.prompts import ANSWER_PREFIX
 
 MOTION = ObservationConfig(frames=2, encoding="motion", crop=True, image_size=128)
+
+PONG = get_game("ALE/Pong-v5")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def _observations(frames, n):
 @pytest.mark.parametrize("observation", [MOTION, ObservationConfig(frames=2, encoding="rgb", image_size=128)])
 def test_fast_encoding_matches_the_processor(tiny_model, pong_actions, frames, observation):
     processor = load_processor(tiny_model, observation)
-    encoder = PromptEncoder(processor, "ALE/Pong-v5", pong_actions, observation)
+    encoder = PromptEncoder(processor, PONG, pong_actions, observation)
     assert encoder.fast
     obs = _observations(frames, 3)
     fast = encoder.encode(obs, " " + ANSWER_PREFIX)
@@ -43,7 +48,7 @@ def test_fast_encoding_matches_the_processor(tiny_model, pong_actions, frames, o
 def test_constrained_scores_every_legal_action_in_one_forward(tiny_model, pong_actions, frames):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
-    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION)
+    policy = VLMPolicy(model, processor, PONG, pong_actions, MOTION)
     assert policy._single_token
     obs = _observations(frames, 4)
     logprobs = policy.action_logprobs(obs)
@@ -62,8 +67,8 @@ def test_constrained_scores_every_legal_action_in_one_forward(tiny_model, pong_a
 def test_prefix_cache_scores_as_the_plain_forward(tiny_model, pong_actions, frames, observation):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, observation)
-    cached = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, observation)
-    plain = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, observation, prefix_cache=False)
+    cached = VLMPolicy(model, processor, PONG, pong_actions, observation)
+    plain = VLMPolicy(model, processor, PONG, pong_actions, observation, prefix_cache=False)
     for n in (5, 2, 5):  # the stored prefix is copied per call, never grown by one
         obs = _observations(frames, n)
         assert torch.allclose(cached.action_logprobs(obs), plain.action_logprobs(obs), atol=1e-4)
@@ -79,7 +84,7 @@ def test_prefix_cache_scores_as_the_plain_forward(tiny_model, pong_actions, fram
 def test_prefix_cache_that_fails_is_turned_off(tiny_model, pong_actions, frames, monkeypatch, fault):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
-    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION)
+    policy = VLMPolicy(model, processor, PONG, pong_actions, MOTION)
     if fault == "wrong cache":  # scores that differ from the plain forward's
         real = policy._build_prefix
         monkeypatch.setattr(policy, "_build_prefix", lambda *a: [(torch.randn_like(k), v) for k, v in real(*a)])
@@ -89,7 +94,7 @@ def test_prefix_cache_that_fails_is_turned_off(tiny_model, pong_actions, frames,
     with pytest.warns(UserWarning, match="prefix cache"):
         scores = policy.action_logprobs(obs)
     assert not policy.prefix_cache
-    plain = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, prefix_cache=False)
+    plain = VLMPolicy(model, processor, PONG, pong_actions, MOTION, prefix_cache=False)
     assert torch.allclose(scores, plain.action_logprobs(obs), atol=1e-5)
 
 
@@ -98,7 +103,7 @@ def test_sampling_is_seeded(tiny_model, pong_actions, frames):
     processor = load_processor(tiny_model, MOTION)
     obs = _observations(frames, 8)
     picks = [
-        [d.action for d in VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, temperature=5.0,
+        [d.action for d in VLMPolicy(model, processor, PONG, pong_actions, MOTION, temperature=5.0,
                                      seed=1).act(obs)]
         for _ in range(2)
     ]
@@ -108,7 +113,7 @@ def test_sampling_is_seeded(tiny_model, pong_actions, frames):
 def test_generate_mode_records_invalid_and_falls_back(tiny_model, pong_actions, frames):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
-    policy = VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, decode="generate",
+    policy = VLMPolicy(model, processor, PONG, pong_actions, MOTION, decode="generate",
                        max_new_tokens=8, fallback_action="NOOP")
     decisions = policy.act(_observations(frames, 2))
     # A random-init model answers garbage: recorded as invalid, the fallback is played, nothing raises.
@@ -121,9 +126,9 @@ def test_bad_policy_settings(tiny_model, pong_actions):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
     with pytest.raises(ValueError, match="decode"):
-        VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, decode="beam")
+        VLMPolicy(model, processor, PONG, pong_actions, MOTION, decode="beam")
     with pytest.raises(ValueError, match="fallback"):
-        VLMPolicy(model, processor, "ALE/Pong-v5", pong_actions, MOTION, fallback_action="JUMP")
+        VLMPolicy(model, processor, PONG, pong_actions, MOTION, fallback_action="JUMP")
 
 
 def test_random_policy_is_seeded(pong_actions):

@@ -1,64 +1,20 @@
-"""Policies that act on a batch of observations: the VLM agent and the random/oracle baselines."""
+"""A vision-language model playing: the acting prompt, batched observation encoding, constrained
+decoding (the legal action names scored by likelihood) or free generation (parsed)."""
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vlmrl.games import Game
 from vlmrl.observation import ObservationConfig, encode_batch, encode_observation
-from vlmrl.prompts import ANSWER_PREFIX, acting_messages, format_answer, parse_answer
-
-
-@dataclass
-class Observation:
-    """What a policy may look at for one env: the last K frames (oldest first) and the RAM."""
-
-    frames: list[np.ndarray]
-    ram: np.ndarray
-    prev_ram: np.ndarray | None = None
-
-
-@dataclass
-class Decision:
-    """One step's action with what the policy said about it."""
-
-    action: str
-    reasoning: str = ""
-    raw_output: str = ""
-    valid: bool = True
-
-
-class RandomPolicy:
-    """Uniformly random legal actions, seeded."""
-
-    name = "random"
-
-    def __init__(self, actions: list[str], seed: int = 0) -> None:
-        self.actions = actions
-        self.rng = np.random.default_rng(seed)
-
-    def act(self, observations: list[Observation]) -> list[Decision]:
-        picks = self.rng.integers(len(self.actions), size=len(observations))
-        return [Decision(self.actions[i]) for i in picks]
-
-
-class OraclePolicy:
-    """The RAM-reading oracle as a player (the reference line for every learning curve)."""
-
-    name = "oracle"
-
-    def __init__(self, game_id: str) -> None:
-        from vlmrl.oracle import get_oracle
-
-        self.oracle = get_oracle(game_id)
-
-    def act(self, observations: list[Observation]) -> list[Decision]:
-        decisions = self.oracle.decide_batch([o.ram for o in observations], [o.prev_ram for o in observations])
-        return [Decision(d.action, d.reasoning, format_answer(d.action, d.reasoning)) for d in decisions]
+from vlmrl.policies import register_policy
+from vlmrl.policies.base import Decision, Observation
+from vlmrl.prompts import ANSWER_PREFIX, acting_messages, parse_answer
+from vlmrl.scoring import score_continuations
 
 
 class PromptEncoder:
@@ -70,13 +26,13 @@ class PromptEncoder:
     the tests).
     """
 
-    def __init__(self, processor, game_id: str, actions: list[str], observation: ObservationConfig) -> None:
+    def __init__(self, processor, game: Game, actions: list[str], observation: ObservationConfig) -> None:
         self.processor = processor
-        self.game_id = game_id
+        self.game = game
         self.observation = observation
         n_images = observation.images_per_observation
         self.prompt = processor.apply_chat_template(
-            acting_messages(game_id, actions, n_images, observation.encoding), add_generation_prompt=True
+            acting_messages(game, actions, n_images, observation.encoding), add_generation_prompt=True
         )
         ip = processor.image_processor
         size = getattr(ip, "size", None) or {}
@@ -90,7 +46,7 @@ class PromptEncoder:
         self._frame_cache: dict = {}  # this step's frames, met again as the next step's previous ones
 
     def images(self, observations: list[Observation]) -> list[list]:
-        return [encode_observation(o.frames, self.observation, self.game_id) for o in observations]
+        return [encode_observation(o.frames, self.observation, self.game) for o in observations]
 
     def encode(self, observations: list[Observation], suffix: str = "") -> dict[str, torch.Tensor]:
         text = self.prompt + suffix
@@ -122,7 +78,7 @@ class PromptEncoder:
             lut = lut.astype(np.float32)
             # One table when the three channels share their normalisation: then one lookup per call.
             self._lut = lut[0] if (lut == lut[0]).all() else lut
-        pixels = encode_batch([o.frames for o in observations], self.observation, self.game_id, self._frame_cache,
+        pixels = encode_batch([o.frames for o in observations], self.observation, self.game, self._frame_cache,
                               channels_first=True)
         if self._lut.ndim == 1:
             return torch.from_numpy(np.take(self._lut, pixels))
@@ -152,7 +108,7 @@ class VLMPolicy:
         self,
         model,
         processor,
-        game_id: str,
+        game: Game,
         actions: list[str],
         observation: ObservationConfig,
         *,
@@ -163,6 +119,7 @@ class VLMPolicy:
         fallback_action: str | None = None,
         seed: int = 0,
         prefix_cache: bool = True,
+        model_name: str | None = None,
     ) -> None:
         if decode not in ("constrained", "generate"):
             raise ValueError(f"decode must be 'constrained' or 'generate', got {decode!r}")
@@ -178,7 +135,10 @@ class VLMPolicy:
         self.fallback_action = fallback_action or actions[0]
         if self.fallback_action not in actions:
             raise ValueError(f"fallback action {self.fallback_action!r} is not one of {actions}")
-        self.encoder = PromptEncoder(processor, game_id, actions, observation)
+        self.encoder = PromptEncoder(processor, game, actions, observation)
+        self.observation = observation
+        self.history = observation.frames
+        self.model_name = model_name or getattr(model, "name_or_path", "") or "model"
         self.generator = torch.Generator().manual_seed(seed)
         self.device = next(model.parameters()).device
         tokenizer = processor.tokenizer
@@ -309,34 +269,11 @@ class VLMPolicy:
         return layers
 
     def _sequence_logprobs(self, observations: list[Observation]) -> torch.Tensor:
-        # Multi-token names (a real tokenizer splits RIGHTFIRE): score each full name plus the
-        # closing quote, all (observation, action) pairs in one batched forward pass.
-        prefix = self.encoder.prompt + " " + ANSWER_PREFIX
-        tokenizer = self.processor.tokenizer
-        prefix_len = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
-        texts, images = [], []
-        obs_images = self.encoder.images(observations)
-        for imgs in obs_images:
-            for action in self.actions:
-                texts.append(prefix + action + '"')
-                images.append(imgs)
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
-        finally:
-            tokenizer.padding_side = padding_side
-        text_lens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        inputs = self._to_device(inputs)
-        logits = self.model(**inputs).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = inputs["input_ids"][:, 1:]
-        token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        scores = []
-        for row, n in enumerate(text_lens):
-            k = n - prefix_len  # tokens of the action name and quote, at the end (left padding)
-            scores.append(token_lp[row, -k:].sum())
-        return torch.stack(scores).view(len(observations), len(self.actions)).cpu()
+        # Multi-token names (a real tokenizer splits RIGHTFIRE): each full name plus the closing quote.
+        return score_continuations(
+            self.model, self.processor, self.encoder.prompt + " " + ANSWER_PREFIX, self.encoder.images(observations),
+            [action + '"' for action in self.actions], full_sequence=True,
+        )
 
     def _pick(self, logprobs: torch.Tensor) -> list[int]:
         if self.temperature == 0:
@@ -371,3 +308,18 @@ class VLMPolicy:
             action = parsed.action if parsed.valid else self.fallback_action
             decisions.append(Decision(action, parsed.reasoning, text, parsed.valid))
         return decisions
+
+
+@register_policy("model")
+def _build(args, game: Game, actions: list[str], seed: int) -> VLMPolicy:
+    """The model ``args.model`` names, seeing what its record (or ``args``) says."""
+    from vlmrl.models import load_processor, load_vlm
+
+    model = load_vlm(args.model)
+    observation = args.observation_config(args.model, model.config.vision_config.image_size)
+    processor = load_processor(args.model, observation)
+    return VLMPolicy(
+        model, processor, game, actions, observation,
+        decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens, seed=seed, model_name=args.model,
+    )

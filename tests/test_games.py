@@ -1,31 +1,30 @@
-"""The Pong RAM oracle: decisions on constructed states, action classes, and a short real game."""
+"""vlmrl.games: the registry, and Pong's module (the RAM oracle's decisions on constructed states, action
+classes, the phase split, and a short real game)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vlmrl.oracle import (
+from vlmrl.games import Game, get_game
+from vlmrl.games.base import OracleDecision
+from vlmrl.games.pong import (
     ACTION_CLASSES,
+    BALL_PHASES,
     CENTRE_BALL_Y,
     PADDLE_CENTRE_OFFSET,
     PLAYER_HIT_X,
     WALL_BOTTOM_Y,
     WALL_TOP_Y,
-    OracleDecision,
     PongOracle,
-    action_class,
-    agreement_by_phase,
     ball_phase,
-    get_oracle,
-    has_oracle,
     make_pong_ram,
     parse_pong_ram,
     predict_intercept_y,
-    same_class,
 )
+from vlmrl.results import agreement_by_phase
 
-GAME = "ALE/Pong-v5"
+GAME = get_game("ALE/Pong-v5")
 # The paddle y that puts the middle of the paddle on a ball arriving at ball_y.
 CENTRE_PADDLE_Y = round(CENTRE_BALL_Y) - PADDLE_CENTRE_OFFSET
 
@@ -182,51 +181,53 @@ def test_action_classes():
         "RIGHTFIRE": "up",
         "LEFTFIRE": "down",
     }
-    assert action_class(GAME, "RIGHTFIRE") == "up"
-    assert action_class("PongNoFrameskip-v4", "left") == "down"
-    assert same_class(GAME, "RIGHT", "RIGHTFIRE")
-    assert same_class(GAME, "NOOP", "FIRE")
-    assert not same_class(GAME, "RIGHT", "LEFT")
-    assert not same_class(GAME, "LEFTFIRE", "NOOP")
+    assert GAME.action_class("RIGHTFIRE") == "up"
+    assert get_game("PongNoFrameskip-v4").action_class("left") == "down"
+    assert GAME.same_class("RIGHT", "RIGHTFIRE")
+    assert GAME.same_class("NOOP", "FIRE")
+    assert not GAME.same_class("RIGHT", "LEFT")
+    assert not GAME.same_class("LEFTFIRE", "NOOP")
     with pytest.raises(ValueError, match="unknown action 'UP'.*legal actions are: NOOP"):
-        action_class(GAME, "UP")
+        GAME.action_class("UP")
     with pytest.raises(ValueError, match="unknown action"):
-        same_class(GAME, "RIGHT", "JUMP")
+        GAME.same_class("RIGHT", "JUMP")
     with pytest.raises(ValueError, match="no oracle for game"):
-        action_class("ALE/Breakout-v5", "FIRE")
+        get_game("ALE/Breakout-v5").action_class("FIRE")
 
 
 def test_decisions_use_the_plain_action_of_their_class():
     for ram, prev in [step_pair(150, 120, 80, 4, 0), step_pair(60, 120, 160, 4, 0), step_pair(93, 120, 100, 4, 0)]:
         decision = PongOracle().decide(ram, prev)
         assert isinstance(decision, OracleDecision)
-        assert action_class(GAME, decision.action) == decision.action_class
+        assert GAME.action_class(decision.action) == decision.action_class
         assert "FIRE" not in decision.action
 
 
 @pytest.mark.parametrize("game_id", ["ALE/Pong-v5", "PongNoFrameskip-v4", "Pong-v4", "ALE/Pong-ram-v5"])
 def test_has_oracle_for_pong_ids(game_id):
-    assert has_oracle(game_id)
-    assert isinstance(get_oracle(game_id), PongOracle)
+    game = get_game(game_id)
+    assert game.has_oracle and game.name == "Pong" and game.id == game_id
+    assert isinstance(game.oracle(), PongOracle)
 
 
 @pytest.mark.parametrize("game_id", ["ALE/Breakout-v5", "ALE/Pooyan-v5", "BreakoutNoFrameskip-v4"])
 def test_no_oracle_for_other_games(game_id):
-    assert not has_oracle(game_id)
+    game = get_game(game_id)
+    assert type(game) is Game and not game.has_oracle
     with pytest.raises(ValueError, match=r"no oracle for game .*oracles exist for: Pong"):
-        get_oracle(game_id)
+        game.oracle()
 
 
 def _play(policy: str, steps: int, seed: int) -> tuple[float, set[str]]:
     gym = pytest.importorskip("gymnasium")
     ale_py = pytest.importorskip("ale_py")
     gym.register_envs(ale_py)
-    env = gym.make(GAME)
+    env = gym.make(GAME.id)
     env.reset(seed=seed)
     env.action_space.seed(seed)
     names = env.unwrapped.get_action_meanings()
     ale = env.unwrapped.ale
-    oracle = get_oracle(GAME)
+    oracle = GAME.oracle()
     prev_ram, ram = None, ale.getRAM().copy()
     total, actions = 0.0, set()
     for _ in range(steps):
@@ -258,8 +259,6 @@ def test_oracle_beats_random_in_the_real_game():
 
 
 def test_make_pong_ram_is_the_inverse_of_parsing():
-    from vlmrl.oracle import make_pong_ram
-
     state = parse_pong_ram(make_pong_ram(ball_x=120, ball_y=90, player_y=70, cpu_y=60))
     assert (state.ball_x, state.ball_y, state.player_y, state.cpu_y) == (120, 90, 70, 60)
     assert state.ball_in_play and not parse_pong_ram(make_pong_ram()).ball_in_play
@@ -276,8 +275,8 @@ def test_ball_phase_follows_the_ball_across_the_court():
 
 
 def test_agreement_by_phase_counts_each_phase():
-    split = agreement_by_phase([True, False, True, True], ["toward", "toward", "away", "toward"])
+    split = agreement_by_phase([True, False, True, True], ["toward", "toward", "away", "toward"], BALL_PHASES)
     assert split == {"toward": {"agreement": 2 / 3, "steps": 3}, "away": {"agreement": 1.0, "steps": 1},
                      "none": {"agreement": None, "steps": 0}}
     with pytest.raises(ValueError, match="one phase per step"):
-        agreement_by_phase([True], [])
+        agreement_by_phase([True], [], BALL_PHASES)

@@ -1,0 +1,149 @@
+"""What a game is to the rest of vlmrl: its actions, rules text, crop, oracle and perception targets.
+
+``Game`` itself is any ALE game the project knows nothing special about: it can be played,
+collected, reflected on by a model and evaluated, but it has no oracle, no crop and no
+perception targets. A game module subclasses it, fills in what it knows and registers itself
+(``vlmrl.games.register_game``); everything else in the package takes the resolved ``Game``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from vlmrl.env import game_name
+
+RAM = Sequence[int] | np.ndarray
+
+
+@dataclass(frozen=True)
+class OracleDecision:
+    """What an oracle would do in a frame, with the words a model should learn to say."""
+
+    action: str
+    action_class: str
+    analysis: str
+    reasoning: str
+
+
+class Oracle(Protocol):
+    """A scripted expert that reads the RAM: this step's and the previous step's (None at the start)."""
+
+    def decide(self, ram: RAM, prev_ram: RAM | None = None) -> OracleDecision: ...
+
+
+def decide_batch(oracle: Oracle, rams: Sequence[RAM], prev_rams: Sequence[RAM | None] | None = None) -> list:
+    """``oracle.decide`` for each (ram, prev_ram) pair; ``prev_rams`` None means no history for any."""
+    if prev_rams is None:
+        prev_rams = [None] * len(rams)
+    if len(prev_rams) != len(rams):
+        raise ValueError(f"got {len(rams)} RAMs but {len(prev_rams)} previous RAMs; pass one per RAM")
+    return [oracle.decide(ram, prev) for ram, prev in zip(rams, prev_rams, strict=True)]
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question about an observation, its answer options and its answer key (None: not asked)."""
+
+    name: str
+    text: str
+    options: tuple[str, ...]
+    answer: Callable[[Any], str | None] = field(compare=False)
+
+
+class Game:
+    """An ALE game: ``Game("ALE/Breakout-v5")`` is a game with nothing but its name known."""
+
+    #: ALE's name of the game ("Pong" in "ALE/Pong-v5"); subclasses set it, the base reads it off the id.
+    name: str = ""
+    #: The id used where the game is named without one (tests, the tiny model's build).
+    default_id: str = ""
+    #: The rules in one or two sentences for the prompts; None: a generic sentence.
+    rules: str | None = None
+    #: What each action does to the player, in words the model can tie to the picture (the oracle's classes).
+    action_classes: dict[str, str] = {}
+    #: The action an oracle plays for each class: the plain one, never a FIRE twin.
+    class_actions: dict[str, str] = {}
+    #: The game's minimal action set, in ALE's order (None: read it from an env).
+    actions: list[str] | None = None
+    #: Rows of the playfield (below the score, between the walls), for ``crop``; None: no crop known.
+    playfield_rows: tuple[int, int] | None = None
+    #: Luminance of the empty playfield, subtracted by the motion encoding.
+    background_luminance: float = 0.0
+    #: Where a step sits in the game, for the agreement split (e.g. Pong's ball toward / away / none).
+    phases: tuple[str, ...] = ()
+    #: The probe's questions about an observation and the pre-training's caption prompt (perception).
+    questions: tuple[Question, ...] = ()
+    caption_prompt: str | None = None
+
+    def __init__(self, game_id: str | None = None) -> None:
+        self.id = game_id or self.default_id
+        if not self.name:
+            self.name = game_name(self.id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+    # --- the oracle ------------------------------------------------------------------------------
+
+    def make_oracle(self) -> Oracle | None:
+        """A new oracle for this game, or None where the game has none."""
+        return None
+
+    @property
+    def has_oracle(self) -> bool:
+        return bool(self.action_classes) and type(self).make_oracle is not Game.make_oracle
+
+    def oracle(self) -> Oracle:
+        """The oracle, or a ValueError naming the games that have one."""
+        oracle = self.make_oracle() if self.action_classes else None
+        if oracle is None:
+            from vlmrl.games import games_with_oracle
+
+            known = ", ".join(g.name for g in games_with_oracle())
+            example = next((g.default_id for g in games_with_oracle()), "ALE/Pong-v5")
+            raise ValueError(f"no oracle for game {self.id!r}; oracles exist for: {known} (e.g. {example!r})")
+        return oracle
+
+    def action_class(self, action: str) -> str:
+        """The class of an action name of this game (e.g. "up", "down", "stay"); case-insensitive."""
+        if not self.action_classes:
+            self.oracle()  # raises: no classes without an oracle
+        try:
+            return self.action_classes[action.strip().upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown action {action!r} for {self.id}; legal actions are: {', '.join(self.action_classes)}"
+            ) from None
+
+    def same_class(self, a: str, b: str) -> bool:
+        """Whether two action names do the same thing to the player (e.g. Pong's RIGHT and RIGHTFIRE)."""
+        return self.action_class(a) == self.action_class(b)
+
+    def phase(self, ram: RAM, prev_ram: RAM | None) -> str:
+        """The phase of a step (one of ``phases``); only games with phases answer."""
+        raise ValueError(f"{self.name} has no phase split")
+
+    # --- what the frames show ------------------------------------------------------------------
+
+    def crop_rows(self) -> tuple[int, int]:
+        if self.playfield_rows is None:
+            from vlmrl.games import registered_games
+
+            known = sorted(g.name for g in registered_games() if g.playfield_rows is not None)
+            raise ValueError(f"no playfield crop is known for {self.id}; known: {known}. Set crop: false")
+        return self.playfield_rows
+
+    def scene(self, ram: RAM, prev_ram: RAM | None, frame: np.ndarray | None = None) -> Any:
+        """The answer key of one observation, read from the RAM (games with perception targets)."""
+        raise ValueError(f"no perception targets are known for {self.name}; they are read from a game's RAM")
+
+    def caption_tokens(self, scene: Any, physics: bool = False) -> list[str]:
+        """The pre-training's caption of a scene, one token per piece (games with perception targets)."""
+        raise ValueError(f"no perception captions are known for {self.name}")
+
+    #: Tokens the caption adds to a tokenizer.
+    caption_vocabulary: tuple[str, ...] = ()

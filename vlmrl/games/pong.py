@@ -1,0 +1,404 @@
+"""Pong: everything vlmrl knows about the game, in one module.
+
+- RAM layout and parsing (``parse_pong_ram``), verified against the pixels (FACTS);
+- the oracle (``PongOracle``), a scripted expert reading the RAM: the teacher that labels frames;
+- the action classes (RIGHT moves the player's paddle up, LEFT down) and the rules text;
+- the playfield crop and background luminance of the motion encoding;
+- the perception targets: what an observation shows (``scene_from_ram``), the caption of the
+  perception pre-training (``caption_tokens``) and the vision probe's questions (``QUESTIONS``);
+- the phase split of evaluation: the ball coming toward the player, going away, or none.
+
+The oracle predicts where the ball will cross the player's paddle (bouncing off the walls),
+aims the paddle's middle (or ``aim_offset`` off it) there, and decides on where the paddle
+will come to rest rather than where it is: the paddle has momentum (ALE drives Pong's paddle
+controller, and the game smooths it), so "move toward the ball" overshoots and loses
+(FACTS: -14 with sticky actions). Every decision is a pure function of this step's RAM
+and the previous step's, so labels can be recomputed from stored RAM alone.
+
+RAM coordinates: y grows downward, x grows toward the player (right side). Pixel geometry
+(measured on ALE/Pong-v5 frames, rows of the cropped playfield 34-193): the ball's top row is
+``ram[54] - 48``, 4 rows tall, its column ``ram[49] - 49``, 2 wide; the player's paddle top row
+is ``ram[51] - 47.5`` (±0.5), 16 rows tall, at column 140.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlmrl.games import register_game
+from vlmrl.games.base import RAM, Game, OracleDecision, Question, decide_batch
+from vlmrl.prompts import option_text
+
+GAME_ID = "ALE/Pong-v5"
+# Pong's minimal action set (ALE), in ALE's order.
+ACTIONS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+RULES = "You are the green paddle on the right: hit the ball back or lose a point."
+
+# Pong's minimal action set (ALE): RIGHT moves the player's paddle up, LEFT down.
+ACTION_CLASSES: dict[str, str] = {
+    "NOOP": "stay",
+    "FIRE": "stay",
+    "RIGHT": "up",
+    "LEFT": "down",
+    "RIGHTFIRE": "up",
+    "LEFTFIRE": "down",
+}
+# The action the oracle emits for each class: the plain one, never its FIRE twin.
+CLASS_ACTIONS: dict[str, str] = {"up": "RIGHT", "down": "LEFT", "stay": "NOOP"}
+
+RAM_SIZE = 128
+# RAM addresses (verified against pixels, FACTS.md).
+_CPU_Y, _BALL_X, _PLAYER_Y, _BALL_Y = 50, 49, 51, 54
+
+# Geometry, measured frame by frame in ALE/Pong-v5 (RAM units).
+PLAYER_HIT_X = 188  # ball x at which the player's paddle sends it back
+WALL_TOP_Y = 44.5  # the ball turns between y 44 and 45 ...
+WALL_BOTTOM_Y = 206.5  # ... and between 206 and 207
+PADDLE_MIN_Y, PADDLE_MAX_Y = 38, 203  # the paddle's RAM y stops here
+# Hits land with ball_y - paddle_y in [-2, 16]; 7 is the middle of the paddle.
+PADDLE_CENTRE_OFFSET = 7
+CENTRE_BALL_Y = (WALL_TOP_Y + WALL_BOTTOM_Y) / 2
+
+
+@dataclass(frozen=True)
+class PongState:
+    """The positions a Pong frame shows, read from RAM."""
+
+    player_y: int
+    cpu_y: int
+    ball_x: int
+    ball_y: int
+    # The RAM zeroes the ball's y between points (x rests at 0, ~50 or ~205): in play needs both.
+    ball_in_play: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ball_in_play", self.ball_x != 0 and self.ball_y != 0)
+
+
+def make_pong_ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100, cpu_y: int = 0) -> np.ndarray:
+    """A 128-byte RAM holding these positions and zeros elsewhere (the inverse of ``parse_pong_ram``)."""
+    ram = np.zeros(128, dtype=np.uint8)
+    ram[_BALL_X], ram[_BALL_Y], ram[_PLAYER_Y], ram[_CPU_Y] = ball_x, ball_y, player_y, cpu_y
+    return ram
+
+
+def parse_pong_ram(ram: RAM) -> PongState:
+    """Read the paddles and the ball from Pong's 128-byte RAM."""
+    if len(ram) != RAM_SIZE:
+        raise ValueError(f"Pong RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()")
+    # int() because numpy uint8 differences wrap around.
+    return PongState(
+        player_y=int(ram[_PLAYER_Y]), cpu_y=int(ram[_CPU_Y]), ball_x=int(ram[_BALL_X]), ball_y=int(ram[_BALL_Y])
+    )
+
+
+BALL_PHASES = ("toward", "away", "none")
+
+
+def ball_phase(ram: RAM, prev_ram: RAM | None) -> str:
+    """Where a step sits in a rally: the ball coming "toward" the player, going "away", or "none".
+
+    "none" is a ball out of play, or one whose direction two frames cannot tell yet (no previous
+    step, or no horizontal motion). The oracle aims at the crossing point only when "toward".
+    """
+    state = parse_pong_ram(ram)
+    prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
+    if prev is None or not (state.ball_in_play and prev.ball_in_play) or state.ball_x == prev.ball_x:
+        return "none"
+    return "toward" if state.ball_x > prev.ball_x else "away"
+
+
+def predict_intercept_y(ball_x: float, ball_y: float, vx: float, vy: float, x: float = PLAYER_HIT_X) -> float:
+    """The ball's y when it reaches column ``x``, folding its path at the top and bottom walls."""
+    if vx == 0:
+        return float(ball_y)
+    y = ball_y + vy * (x - ball_x) / vx
+    span = WALL_BOTTOM_Y - WALL_TOP_Y
+    # Unfold: the path is a straight line in a mirror-tiled court.
+    y = (y - WALL_TOP_Y) % (2 * span)
+    if y > span:
+        y = 2 * span - y
+    return WALL_TOP_Y + y
+
+
+def _vertical(dy: float) -> str:
+    return "up" if dy < 0 else "down" if dy > 0 else "level"
+
+
+@dataclass(frozen=True)
+class PongOracle:
+    """The RAM policy: intercept prediction, aim, dead band and momentum look-ahead."""
+
+    # Aim so the ball meets the paddle this far below its middle (above when negative).
+    # Hits near the paddle's top edge send the ball back steeply and win ~half the time,
+    # middle hits never do; but hits land up to a dead band either side of the aim, and
+    # off-centre aims (-5, -3, +4, +8) missed more than they won in play.
+    aim_offset: int = 0
+    # No move while the paddle's predicted resting place is within this of the target:
+    # one press moves it ~22, so half of that is as close as pressing can get.
+    dead_band: int = 11
+    # Fraction of this step's paddle velocity still to come once the buttons are released
+    # (measured: a paddle moving 22 a step coasts ~16 more).
+    momentum: float = 0.75
+
+    def decide(
+        self, ram: RAM, prev_ram: RAM | None = None
+    ) -> OracleDecision:
+        """The action for this frame; ``prev_ram`` is the previous step's RAM (None at the start)."""
+        state = parse_pong_ram(ram)
+        prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
+        paddle_v = state.player_y - prev.player_y if prev is not None else 0
+        paddle_rest = state.player_y + self.momentum * paddle_v
+
+        ball_known = state.ball_in_play and prev is not None and prev.ball_in_play
+        vx = state.ball_x - prev.ball_x if ball_known else 0
+        vy = state.ball_y - prev.ball_y if ball_known else 0
+        if ball_known and vx > 0:
+            intercept = predict_intercept_y(state.ball_x, state.ball_y, vx, vy)
+            target_ball_y = intercept
+        else:
+            intercept = None
+            # Ball going away or not yet seen moving: wait in the middle, from where any
+            # return is reachable.
+            target_ball_y = CENTRE_BALL_Y
+        target = target_ball_y - PADDLE_CENTRE_OFFSET + self.aim_offset
+        target = min(max(target, PADDLE_MIN_Y), PADDLE_MAX_Y)
+        error = target - paddle_rest  # > 0: the paddle must go down
+        if error > self.dead_band:
+            cls = "down"
+        elif error < -self.dead_band:
+            cls = "up"
+        else:
+            cls = "stay"
+
+        analysis = self._analysis(state, prev is not None, vx, vy, intercept, paddle_v)
+        reasoning = self._reasoning(cls, intercept is not None, target - state.player_y, paddle_v)
+        return OracleDecision(action=CLASS_ACTIONS[cls], action_class=cls, analysis=analysis, reasoning=reasoning)
+
+    def decide_batch(self, rams: Sequence[RAM], prev_rams: Sequence[RAM | None] | None = None) -> list[OracleDecision]:
+        """``decide`` for each (ram, prev_ram) pair; ``prev_rams`` None means no history for any."""
+        return decide_batch(self, rams, prev_rams)
+
+    @staticmethod
+    def _analysis(state: PongState, has_prev: bool, vx: int, vy: int, intercept: float | None, paddle_v: int) -> str:
+        paddle = f"My paddle is at y={state.player_y}"
+        if paddle_v:
+            paddle += f", moving {_vertical(paddle_v)} by {abs(paddle_v)}"
+        if not state.ball_in_play:
+            return f"The ball is out of play. {paddle}."
+        ball = f"The ball is at x={state.ball_x}, y={state.ball_y}"
+        if not has_prev or (vx == 0 and vy == 0):
+            return f"{ball}, direction not yet known. {paddle}."
+        going = "toward me" if vx > 0 else "away from me" if vx < 0 else "neither way"
+        vertical = "" if vy == 0 else f" and {_vertical(vy)}"
+        if intercept is not None:
+            return f"{ball}, moving {going}{vertical}; it should reach me at y={round(intercept)}. {paddle}."
+        return f"{ball}, moving {going}{vertical}. {paddle}."
+
+    def _reasoning(self, cls: str, intercept_known: bool, offset_now: float, paddle_v: int) -> str:
+        """Why, in one sentence; ``offset_now`` is target minus paddle y (> 0: target below)."""
+        where = "where the ball will arrive" if intercept_known else "the middle"
+        if cls == "stay":
+            if abs(offset_now) > self.dead_band:
+                return f"My paddle is already sliding toward {where}, so I stay."
+            return f"My paddle is at {where}, so I stay."
+        direction = -1 if cls == "up" else 1
+        if offset_now * direction <= self.dead_band:
+            # The target is not (far) that way: the press is a brake against momentum.
+            return f"My paddle is sliding {_vertical(paddle_v)} past {where}, so I move {cls}."
+        side = "above" if cls == "up" else "below"
+        return f"{where[0].upper()}{where[1:]} is {side} my paddle, so I move {cls}."
+
+
+
+# --- perception targets ----------------------------------------------------------------------
+
+PLAYFIELD_ROWS = (34, 194)
+BACKGROUND_LUMINANCE = 87.0
+PLAYFIELD_HEIGHT = PLAYFIELD_ROWS[1] - PLAYFIELD_ROWS[0]  # 160 rows
+PLAYFIELD_WIDTH = 160
+# RAM value minus these = centre row / column in the cropped playfield.
+_BALL_ROW_OFFSET = 46  # top row ram-48, 4 rows tall
+_BALL_COL_OFFSET = 48  # left column ram-49, 2 wide
+_PADDLE_ROW_OFFSET = 40  # top row ram-47.5, 16 rows tall
+_BALL_RED = 236  # the ball is (236, 236, 236); nothing else in the playfield has this much red
+BUCKETS = 16  # rows and columns of the caption, 10 pixels each
+
+
+# --- the answer key -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PongScene:
+    """What one observation (this frame and the previous one) shows, from the RAM."""
+
+    ball_visible: bool
+    ball_row: int | None  # centre row of the ball in the cropped playfield (0..159)
+    ball_col: int | None
+    paddle_row: int  # centre row of the player's paddle in the cropped playfield
+    ball_above_paddle: bool | None
+    vertical: str | None  # "up" / "down"; None when out of play, not moving vertically or unknown
+    # "toward" the player's paddle (rightward) / "away"; not "left"/"right": in Pong those are
+    # action names (they move the paddle down/up).
+    horizontal: str | None
+    # Physics read off two frames (what the oracle computes, no action): the row where the ball
+    # will cross the paddle's column when it comes toward the player (walls folded in; None
+    # otherwise), and the row where the paddle would come to rest if released now (momentum).
+    crossing_row: int | None = None
+    paddle_rest_row: int | None = None
+
+
+def ball_drawn(frame: np.ndarray) -> bool:
+    """Whether the ball's colour appears in the playfield of a raw RGB frame."""
+    top, bottom = PLAYFIELD_ROWS
+    return bool((frame[top:bottom, :, 0] == _BALL_RED).any())
+
+
+def scene_from_ram(
+    ram: RAM,
+    prev_ram: RAM | None = None,
+    *,
+    drawn: bool = True,
+) -> PongScene:
+    """The answer key of one observation; ``drawn`` is whether the frame shows the ball.
+
+    The RAM says "in play" on a few frames where the ball isn't drawn (FACTS): the ball is
+    visible only when both agree. Directions need the previous step's RAM with the ball in play.
+    """
+    state = parse_pong_ram(ram)
+    prev = parse_pong_ram(prev_ram) if prev_ram is not None else None
+    paddle_row = state.player_y - _PADDLE_ROW_OFFSET
+    paddle_v = state.player_y - prev.player_y if prev is not None else 0
+    rest_row = round(paddle_row + PongOracle.momentum * paddle_v)
+    if not (state.ball_in_play and drawn):
+        return PongScene(False, None, None, paddle_row, None, None, None, paddle_rest_row=rest_row)
+    # Same threshold as the oracle's: ball_y - paddle_y == PADDLE_CENTRE_OFFSET is the paddle's middle.
+    above = state.ball_y - state.player_y < PADDLE_CENTRE_OFFSET
+    vertical = horizontal = crossing = None
+    if prev is not None and prev.ball_in_play:
+        dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
+        vertical = "up" if dy < 0 else "down" if dy > 0 else None
+        horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
+        if dx > 0:
+            crossing = round(predict_intercept_y(state.ball_x, state.ball_y, dx, dy)) - _BALL_ROW_OFFSET
+    return PongScene(
+        ball_visible=True,
+        ball_row=state.ball_y - _BALL_ROW_OFFSET,
+        ball_col=state.ball_x - _BALL_COL_OFFSET,
+        paddle_row=paddle_row,
+        ball_above_paddle=above,
+        vertical=vertical,
+        horizontal=horizontal,
+        crossing_row=crossing,
+        paddle_rest_row=rest_row,
+    )
+
+
+# --- the caption of the pre-training ----------------------------------------------------------
+
+NO_BALL = "<noball>"
+# Tokens added to the tokenizer for the caption; its other pieces are the probe's answer words.
+CAPTION_TOKENS: list[str] = [
+    NO_BALL,
+    *[f"<y{i}>" for i in range(BUCKETS)],
+    *[f"<x{i}>" for i in range(BUCKETS)],
+    *[f"<p{i}>" for i in range(BUCKETS)],
+    "<vnone>",
+    "<hnone>",
+]
+CAPTION_PROMPT = "Describe the ball and your paddle."
+
+
+def _bucket(value: int, size: int) -> int:
+    return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
+
+
+def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
+    """Six one-token pieces: ball above/below the paddle, ball row, ball column, paddle row,
+    vertical and horizontal direction. Above/below comes first: after the row tokens it would
+    leak under teacher forcing (FACTS). Above/below and the directions are the probe's answer
+    words (" above", " up", " toward"): the caption trains the very tokens the questions are
+    answered with. No action names: this teaches seeing, not playing. With ``physics`` the two
+    ``physics_tokens`` come first (eight pieces)."""
+    if physics:
+        return physics_tokens(scene) + caption_tokens(scene)
+    paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
+    if not scene.ball_visible:
+        return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
+    return [
+        option_text("above" if scene.ball_above_paddle else "below"),
+        f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
+        f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
+        paddle,
+        option_text(scene.vertical) if scene.vertical else "<vnone>",
+        option_text(scene.horizontal) if scene.horizontal else "<hnone>",
+    ]
+
+
+def physics_tokens(scene: PongScene) -> list[str]:
+    """Two pieces put before the caption with ``physics``: the row bucket where the ball will cross
+    the paddle's column (``<hnone>`` when it is not coming toward the player) and the row bucket
+    where the paddle would come to rest. They reuse the row tokens (``<y..>``, ``<p..>``): the
+    vocabulary, and so the default build, stay the same. First, so that nothing after them gives
+    them away under teacher forcing."""
+    crossing = "<hnone>" if scene.crossing_row is None else f"<y{_bucket(scene.crossing_row, PLAYFIELD_HEIGHT)}>"
+    rest = scene.paddle_rest_row if scene.paddle_rest_row is not None else scene.paddle_row
+    return [crossing, f"<p{_bucket(rest, PLAYFIELD_HEIGHT)}>"]
+
+
+# --- the probe's questions --------------------------------------------------------------------
+
+
+def _third(scene: PongScene) -> str | None:
+    if not scene.ball_visible:
+        return None
+    return ("top", "middle", "bottom")[min(max(scene.ball_row * 3 // PLAYFIELD_HEIGHT, 0), 2)]
+
+
+QUESTIONS: tuple[Question, ...] = (
+    Question(
+        "above_below",
+        "Is the ball above or below your paddle (the green one)?",
+        ("above", "below"),
+        lambda s: None if s.ball_above_paddle is None else ("above" if s.ball_above_paddle else "below"),
+    ),
+    Question("vertical", "Is the ball moving up or down?", ("up", "down"), lambda s: s.vertical),
+    Question("horizontal", "Is the ball moving toward you or away?", ("toward", "away"), lambda s: s.horizontal),
+    Question("ball_third", "Is the ball in the top, middle or bottom third?", ("top", "middle", "bottom"), _third),
+    Question("ball_visible", "Is the ball in play?", ("yes", "no"), lambda s: "yes" if s.ball_visible else "no"),
+)
+QUESTIONS_BY_NAME: dict[str, Question] = {q.name: q for q in QUESTIONS}
+
+
+@register_game
+class Pong(Game):
+    """ALE/Pong-v5 and its other ids (PongNoFrameskip-v4, ALE/Pong-ram-v5, ...)."""
+
+    name = "Pong"
+    default_id = GAME_ID
+    rules = RULES
+    action_classes = ACTION_CLASSES
+    class_actions = CLASS_ACTIONS
+    actions = ACTIONS
+    playfield_rows = PLAYFIELD_ROWS
+    background_luminance = BACKGROUND_LUMINANCE
+    phases = BALL_PHASES
+    questions = QUESTIONS
+    caption_prompt = CAPTION_PROMPT
+    caption_vocabulary = tuple(CAPTION_TOKENS)
+
+    def make_oracle(self) -> PongOracle:
+        return PongOracle()
+
+    def phase(self, ram: RAM, prev_ram: RAM | None) -> str:
+        return ball_phase(ram, prev_ram)
+
+    def scene(self, ram: RAM, prev_ram: RAM | None, frame: np.ndarray | None = None) -> PongScene:
+        """The answer key; with ``frame`` (raw RGB) the ball counts as visible only where it is drawn."""
+        return scene_from_ram(ram, prev_ram, drawn=True if frame is None else ball_drawn(frame))
+
+    def caption_tokens(self, scene: PongScene, physics: bool = False) -> list[str]:
+        return caption_tokens(scene, physics)

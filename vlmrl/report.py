@@ -1,0 +1,150 @@
+"""What an experiment shows: ``experiment_summary.json``, the learning-curve plot, TensorBoard scalars and
+the per-iteration table (``make report``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmrl.data import meta_path, write_json
+from vlmrl.experiment import iteration_dir, recipe_settings
+from vlmrl.results import game_slug, load_results
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def reference_results(game: str, root: str | Path = "data/reference") -> dict[str, dict]:
+    """The random and oracle policies' evaluations, the reference lines of every curve."""
+    out = {}
+    for policy in ("random", "oracle"):
+        path = Path(root) / game_slug(game) / policy / "results.json"
+        if path.exists():
+            out[policy] = load_results(path)
+    return out
+
+
+def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
+    """experiment_summary.json: entry 0 the base model's eval, entry k the phases of iteration k."""
+    iterations = []
+    base_eval = iteration_dir(exp_dir, 0) / "results.json"
+    if base_eval.exists():
+        iterations.append({"iteration": 0, "eval": load_results(base_eval)})
+    env_steps_total = 0
+    k = 1
+    while (iteration_dir(exp_dir, k) / "results.json").exists():
+        it = iteration_dir(exp_dir, k)
+        trial = _read(meta_path(it / "episodes", "summary.json")) or {}
+        trial = {key: v for key, v in trial.items() if key != "settings"}
+        env_steps_total += int(trial.get("steps", 0))
+        iterations.append(
+            {
+                "iteration": k,
+                "trial": trial,
+                "reflection": _read(meta_path(it / "reflections", "summary.json")),
+                "train": _read(it / "checkpoint" / "train_metrics.json"),
+                "eval": load_results(it / "results.json"),
+                "env_steps_total": env_steps_total,
+            }
+        )
+        k += 1
+    return {"experiment": exp_dir.name, "recipe": str(recipe), "iterations": iterations}
+
+
+def summarize(exp_dir: Path, recipe: str | Path) -> dict:
+    """Writes experiment_summary.json, the learning-curve PNG and TensorBoard scalars."""
+    summary = build_summary(exp_dir, recipe)
+    write_json(exp_dir / "experiment_summary.json", summary)
+    game = recipe_settings(recipe)["game"]
+    if summary["iterations"]:
+        plot_learning_curve(summary, reference_results(game), exp_dir / "learning_curve.png")
+        write_tensorboard(summary, exp_dir / "tensorboard" / "loop")
+    return summary
+
+
+def plot_learning_curve(summary: dict, references: dict[str, dict], path: Path) -> Path:
+    """Mean eval return (95% CI) per iteration and against agent steps collected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = summary["iterations"]
+    x_iter = [e["iteration"] for e in its]
+    x_steps = [e.get("env_steps_total", 0) for e in its]
+    mean = [e["eval"]["mean_return"] for e in its]
+    low = [e["eval"]["mean_return"] - e["eval"]["ci95"][0] for e in its]
+    high = [e["eval"]["ci95"][1] - e["eval"]["mean_return"] for e in its]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, xs, label in ((axes[0], x_iter, "iteration"), (axes[1], x_steps, "agent steps collected")):
+        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=f"vlmrl ({summary['experiment']})")
+        for policy, style in (("random", ":"), ("oracle", "--")):
+            if policy in references:
+                ax.axhline(references[policy]["mean_return"], linestyle=style, color="grey",
+                           label=f"{policy} policy ({references[policy]['mean_return']:+.1f})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean eval return (95% CI)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{summary['experiment']}: eval return")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_tensorboard(summary: dict, log_dir: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for entry in summary["iterations"]:
+            k = entry["iteration"]
+            ev = entry["eval"]
+            writer.add_scalar("eval/mean_return", ev["mean_return"], k)
+            if ev.get("oracle_agreement") is not None:
+                writer.add_scalar("eval/oracle_agreement", ev["oracle_agreement"], k)
+            if _toward(ev) is not None:
+                writer.add_scalar("eval/oracle_agreement_ball_toward", _toward(ev), k)
+            if entry.get("trial") and entry["trial"].get("mean_return") is not None:
+                writer.add_scalar("trial/mean_return", entry["trial"]["mean_return"], k)
+            reflection = entry.get("reflection") or {}
+            for key in ("reflected", "poor_steps", "invalid", "accuracy"):
+                if reflection.get(key) is not None:
+                    writer.add_scalar(f"reflection/{key}", reflection[key], k)
+            train = entry.get("train") or {}
+            if train.get("train_loss") is not None:
+                writer.add_scalar("train/loss", train["train_loss"], k)
+
+
+def format_table(summary: dict) -> str:
+    """The per-iteration table ``make report`` prints (markdown)."""
+    rows = [
+        "| iteration | agent steps | trial return | reflected | reflection acc. | train loss | eval return (95% CI) "
+        "| oracle agreement | agreement, ball toward you | invalid |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in summary["iterations"]:
+        ev, trial = e["eval"], e.get("trial") or {}
+        refl, train = e.get("reflection") or {}, e.get("train") or {}
+        acc = refl.get("accuracy")
+        agreement = ev.get("oracle_agreement")
+        rows.append(
+            f"| {e['iteration']} | {e.get('env_steps_total', 0)} | "
+            f"{_fmt(trial.get('mean_return'), '+.2f')} | {refl.get('reflected', '-')} | {_fmt(acc, '.3f')} | "
+            f"{_fmt(train.get('train_loss'), '.3f')} | "
+            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
+            f"| {_fmt(agreement, '.3f')} | {_fmt(_toward(ev), '.3f')} | {ev['invalid_rate']:.1%} |"
+        )
+    return "\n".join(rows)
+
+
+def _toward(ev: dict) -> float | None:
+    """Agreement while the ball comes toward the player (results written before it existed: None)."""
+    return ((ev.get("oracle_agreement_by_phase") or {}).get("toward") or {}).get("agreement")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
