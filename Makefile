@@ -27,6 +27,9 @@ LR ?=
 EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
+SAMPLE_BUDGET ?=
+# The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
+SEED ?=
 HUB ?=
 LAUNCH ?=
 
@@ -37,6 +40,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
+	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # The tiny recipe's base model is built here; other recipes' come from the Hub.

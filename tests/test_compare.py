@@ -168,3 +168,16 @@ def test_command_line(synthetic, capsys):
     assert json.loads((root / "cli" / "comparison.json").read_text())["budgets"] == [10000]
     with pytest.raises(SystemExit, match="compare: no experiment summary"):
         main(["--experiment", str(root / "missing"), "--output-dir", str(root / "cli")])
+
+
+def test_identical_runs_are_refused_as_two_seeds(tmp_path):
+    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
+    runs = [_experiment(tmp_path, name, points) for name in ("s0", "s0-again", "s1")]
+    for folder, seed in zip(runs, (0, 0, 1), strict=True):
+        summary = json.loads((folder / "experiment_summary.json").read_text())
+        summary.update(seed=seed, settings={"collect.seed": 100_000 * seed + 1000, "collect.teacher_mix": 0.5})
+        (folder / "experiment_summary.json").write_text(json.dumps(summary))
+    report = compare([runs[0], runs[2]], None, tmp_path / "ok")
+    assert report["methods"]["vlmrl (tiny/pong)"]["n_seeds"] == 2
+    with pytest.raises(ValueError, match="identical settings .* not two seeds"):
+        compare(runs, None, tmp_path / "refused")

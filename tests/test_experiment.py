@@ -127,3 +127,34 @@ def test_killed_iteration_resumes_where_it_stopped(tmp_path, tiny_model):
     assert "collect --iteration" not in result.stdout and "reflect --iteration" not in result.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished phases untouched
     assert (exp / "iteration_1" / "results.json").exists()
+
+
+def test_seed_moves_every_random_source_of_an_experiment(tmp_path):
+    recipe, exp = ROOT / "recipes" / "tiny-smolvlm" / "pong", tmp_path / "exp"
+
+    def seeds(phase: str, overrides: dict, k: int = 2) -> str:
+        cmd = phase_command(phase, exp_dir=exp, recipe=recipe, k=k, overrides=overrides)
+        return cmd[cmd.index("--seed") + 1]
+
+    assert [seeds(p, {}) for p in ("collect", "reflect", "train", "evaluate")] == ["2000", "0", "0", "0"]
+    assert [seeds(p, {"seed": "3"}) for p in ("collect", "reflect", "train", "evaluate")] == ["302000", "3", "3", "3"]
+    for bad in ("abc", "10", "-1", "1.5"):
+        with pytest.raises(ValueError, match="SEED must be a whole number"):
+            phase_command("collect", exp_dir=exp, recipe=recipe, k=1, overrides={"seed": bad})
+
+
+def test_another_seed_collects_other_data(tmp_path):
+    import collect
+    from datasets import load_dataset
+
+    from vlmrl.cli import parse
+    from vlmrl.configs import CollectArguments
+
+    rows = {}
+    for seed in (1000, 101_000):  # iteration 1 of SEED=0 and of SEED=1
+        out = str(tmp_path / str(seed))
+        collect.main(*parse((CollectArguments,), ["--policy", "random", "--episodes", "1", "--max-steps", "30",
+                                                   "--seed", str(seed), "--output-dir", out, "--no-progress"]))
+        rows[seed] = load_dataset(out, split="train")
+    assert rows[1000]["seed"][0] == 1000 and rows[101_000]["seed"][0] == 101_000
+    assert rows[1000]["action"] != rows[101_000]["action"]

@@ -151,3 +151,25 @@ def test_balancing_oversamples_the_rarer_action_classes():
     assert set(balanced["row"]) == set(range(9))  # nothing dropped, the rare ones repeated
     with pytest.raises(ValueError, match="correct_action"):
         balance_by_action_class(Dataset.from_dict({"row": [1]}), pong)
+
+
+def test_a_fixed_budget_draws_the_same_number_of_samples_whatever_the_pool():
+    from collections import Counter
+
+    from vlmrl.training import draw_budget
+
+    older = ["stay"] * 70 + ["up"] * 20 + ["down"] * 10
+    newest = ["stay"] * 30 + ["up"] * 5 + ["down"] * 5
+    for copies in (1, 8):  # iteration 2's pool, and a later one's eight times larger
+        sizes, labels = [100 * copies, 40], older * copies + newest
+        picks = draw_budget(sizes, labels, budget=600, newest_share=0.5, seed=0)
+        assert len(picks) == 600  # the cost of an iteration does not grow with the pool
+        is_newest = picks >= sizes[0]
+        assert is_newest.sum() == 300  # half from the newest iteration, half from the others
+        for part in (is_newest, ~is_newest):
+            counts = Counter(labels[i] for i in picks[part])
+            assert set(counts.values()) == {100}  # classes balanced within each part
+    assert (draw_budget([100, 40], None, 50, 0.5, seed=3) == draw_budget([100, 40], None, 50, 0.5, seed=3)).all()
+    assert not (draw_budget([100, 40], None, 50, 0.5, seed=3) == draw_budget([100, 40], None, 50, 0.5, seed=4)).all()
+    only = draw_budget([40], None, 30, 0.5, seed=0)  # a single dataset gives the whole budget, without repeats
+    assert len(only) == 30 and len(set(only.tolist())) == 30

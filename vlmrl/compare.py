@@ -47,6 +47,7 @@ class Run:
     method: str
     seed: str
     steps: list[int] = field(default_factory=list)
+    settings: dict[str, Any] | None = None  # an experiment's run settings (None: not recorded)
     results: list[dict[str, Any]] = field(default_factory=list)
 
     def at_budget(self, budget: int) -> dict[str, Any] | None:
@@ -79,7 +80,7 @@ def load_experiment(experiment_dir: str | Path) -> Run:
     if not isinstance(iterations, list) or not iterations:
         raise ValueError(f"{path}: 'iterations' must be a non-empty list (entry 0 is the base model's eval)")
     ordered = sorted(enumerate(iterations), key=lambda pair: pair[1].get("iteration", pair[0]))
-    run = Run(method=_method_name(summary["recipe"]), seed=str(summary["experiment"]))
+    run = Run(method=_method_name(summary["recipe"]), seed=str(summary["experiment"]), settings=summary.get("settings"))
     for position, (index, entry) in enumerate(ordered):
         iteration = entry.get("iteration", index)
         if "eval" not in entry:
@@ -93,6 +94,21 @@ def load_experiment(experiment_dir: str | Path) -> Run:
         run.steps.append(steps)
         run.results.append(validate_results(entry["eval"], f"{path} iteration {iteration} eval"))
     return run
+
+
+def refuse_identical_seeds(runs: Sequence[Run]) -> None:
+    """Two experiments run with the same settings, seed included, are one run twice, not two seeds."""
+    seen: dict[str, str] = {}
+    for run in runs:
+        if run.settings is None:
+            continue
+        key = json.dumps(run.settings, sort_keys=True, default=str)
+        if key in seen:
+            raise ValueError(
+                f"experiments {seen[key]!r} and {run.seed!r} ran with identical settings (seed included): they are "
+                "one run twice, not two seeds; run another seed with SEED=<n> and a new EXP"
+            )
+        seen[key] = run.seed
 
 
 def _method_name(recipe: Any) -> str:
@@ -313,6 +329,8 @@ def compare(
     by_method: dict[str, list[Run]] = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
+    for method_runs in by_method.values():
+        refuse_identical_seeds(method_runs)
     if budgets is None:
         # The baselines' checkpoints are the natural grid; without baselines, the largest step count.
         budgets = sorted({s for run in baselines for s in run.steps}) or [max(s for run in runs for s in run.steps)]

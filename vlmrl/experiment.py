@@ -50,7 +50,23 @@ def recipe_settings(recipe: str | Path) -> dict:
     if not isinstance(observation, dict) or unknown:
         raise ValueError(f"{path}: observation must be a mapping of {', '.join(OBSERVATION_KEYS)}; got {observation!r}")
     settings["observation"] = observation
+    settings.setdefault("seed", 0)
     return settings
+
+
+MAX_SEED = 9  # collection seeds are 100,000 x seed + 1,000 x iteration + episode: below evaluation's 1,000,000
+
+
+def experiment_seed(settings: dict, overrides: dict) -> int:
+    """The experiment's seed: SEED (a flag) or the recipe's ``seed``; it moves every random source."""
+    raw = overrides.get("seed", settings.get("seed", 0))
+    try:
+        seed = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"SEED must be a whole number from 0 to {MAX_SEED}, got {raw!r}") from None
+    if not 0 <= seed <= MAX_SEED or str(raw).strip() != str(seed):
+        raise ValueError(f"SEED must be a whole number from 0 to {MAX_SEED}, got {raw!r}")
+    return seed
 
 
 def observation_flags(settings: dict) -> list[str]:
@@ -73,19 +89,20 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
     o = {key: v for key, v in overrides.items() if v not in (None, "")}
     base = o.get("base_model") or settings["base_model"]
     it = iteration_dir(exp_dir, k)
+    seed = experiment_seed(settings, o)
     py = [sys.executable]
     config = ["--config", str(recipe / f"{phase}.yaml")]
     hub = o.get("hub")
     if phase == "collect":
         cmd = [*py, str(ROOT / "collect.py"), *config, "--model", model_for(exp_dir, k, base),
-               "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(1000 * k)]
+               "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(100_000 * seed + 1000 * k)]
         cmd += _flags(o, episodes="--episodes", max_steps="--max-steps", num_envs="--num-envs",
                       teacher_mix="--teacher-mix")
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "episodes")]
     elif phase == "reflect":
         cmd = [*py, str(ROOT / "reflect.py"), *config, "--episodes", str(it / "episodes"),
-               "--output-dir", str(it / "reflections"), "--model", model_for(exp_dir, k, base)]
+               "--output-dir", str(it / "reflections"), "--model", model_for(exp_dir, k, base), "--seed", str(seed)]
         cmd += _flags(o, reflection_rate="--reflection-rate")
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "reflections")]
@@ -95,13 +112,14 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
         launch = shlex.split(o["launch"]) if o.get("launch") else py
         cmd = [*launch, str(ROOT / "train.py"), *config, "--model_name_or_path", model_for(exp_dir, k, base),
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
-               "--iteration", str(k), "--recipe", str(recipe)]
-        cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate")
+               "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
+        cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
+                      sample_budget="--sample-budget")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
         model = base if k == 0 else str(it / "checkpoint")
-        cmd = [*py, str(ROOT / "evaluate.py"), *config, "--model", model, "--output-dir", str(it)]
+        cmd = [*py, str(ROOT / "evaluate.py"), *config, "--model", model, "--output-dir", str(it), "--seed", str(seed)]
         cmd += _flags(o, eval_episodes="--episodes", eval_max_steps="--max-steps")
         if hub and k > 0:
             cmd += ["--push-to-hub", hub_repo_id(hub, "model"), "--hub-revision", f"iteration-{k}"]
@@ -155,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
         ("--base-model", "the base model of iteration 1 and of entry 0, instead of the recipe's base_model"),
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
+        ("--seed", "the experiment's seed (0-9; default: the recipe's): collection, reflection, training, evaluation"),
+        ("--sample-budget", "training samples per iteration, drawn from all iterations' reflections"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")

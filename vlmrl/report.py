@@ -49,7 +49,25 @@ def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
             }
         )
         k += 1
-    return {"experiment": exp_dir.name, "recipe": str(recipe), "iterations": iterations}
+    summary = {"experiment": exp_dir.name, "recipe": str(recipe), "iterations": iterations}
+    summary.update(run_settings(exp_dir))
+    return summary
+
+
+# Settings that name where a run's files are, not how it ran: two seeds differ in none of the others.
+_WHERE = ("output_dir", "progress", "push_to_hub", "prefetch_resets", "num_envs")
+
+
+def run_settings(exp_dir: Path) -> dict:
+    """The experiment's seed and the settings of its first collection (seed, base model, teacher mix,
+    episodes, ...) and training (budget, seed): what tells two runs apart. Empty before iteration 1."""
+    collect = (_read(meta_path(iteration_dir(exp_dir, 1) / "episodes", "summary.json")) or {}).get("settings")
+    if not collect:
+        return {}
+    settings = {f"collect.{k}": v for k, v in collect.items() if k not in _WHERE}
+    train = _read(meta_path(iteration_dir(exp_dir, 1) / "checkpoint", "vlmrl_train.json")) or {}
+    settings.update({f"train.{k}": v for k, v in train.items() if k not in ("reflections", "output_dir")})
+    return {"seed": int(collect["seed"]) // 100_000, "settings": settings}
 
 
 def summarize(exp_dir: Path, recipe: str | Path) -> dict:

@@ -376,6 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output-dir", default=DEFAULT_TINY_PATH, help="where to save it (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the data and the training")
+    parser.add_argument(
+        "--image-size", type=int, default=TinyModelConfig.image_size,
+        help="side of the observation image in pixels, a multiple of 32 (default %(default)s; 160 is Pong's cropped "
+        "playfield pixel for pixel: ball and paddle positions exact)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if this recipe is already built there")
     parser.add_argument("--no-pretrain", action="store_true", help="keep the random initialisation (fast; for tests)")
     defaults = PretrainConfig()
@@ -402,7 +407,9 @@ def main(argv: list[str] | None = None) -> None:
         "for a seed whatever the core count, and is robust on a shared CPU, where two threads ran ~10x slower",
     )
     args = parser.parse_args(argv)
-    config = TinyModelConfig(seed=args.seed)
+    if args.image_size < 32 or args.image_size % 32:
+        parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale factor 2), got {args.image_size}")
+    config = TinyModelConfig(seed=args.seed, image_size=args.image_size)
     pretrain = None
     if not args.no_pretrain:
         try:

@@ -41,6 +41,17 @@ class TrainScriptArguments(ObservationArguments):
         default=False,
         metadata={"help": "resample the reflections so each corrected-action class (up/down/stay) is equally frequent"},
     )
+    sample_budget: int | None = field(
+        default=None,
+        metadata={"help": "train on this many samples drawn from all the reflections given (the newest weighted "
+                          "by --newest-share), so every iteration costs the same; default: every reflection, once "
+                          "an epoch"},
+    )
+    newest_share: float = field(
+        default=0.5,
+        metadata={"help": "with --sample-budget: the share of the samples drawn from the last reflections dataset "
+                          "(the newest iteration's); the rest come evenly from the others"},
+    )
     push_to_hub_repo: str | None = field(
         default=None, metadata={"help": "Hub model repo to publish the checkpoint to (branch iteration-N)"}
     )
@@ -51,6 +62,10 @@ class TrainScriptArguments(ObservationArguments):
         for item in self.reflections:
             flat += [p for p in str(item).split(",") if p]
         self.reflections = flat
+        if self.sample_budget is not None and self.sample_budget < 1:
+            raise ValueError(f"--sample-budget must be >= 1, got {self.sample_budget}")
+        if not 0.0 <= self.newest_share <= 1.0:
+            raise ValueError(f"--newest-share must be in [0, 1], got {self.newest_share}")
         self.observation_config()
 
 
@@ -82,6 +97,43 @@ def balance_by_action_class(dataset, game: Game, seed: int = 0):
         picks += rows + rng.choice(rows, size=size - len(rows), replace=True).tolist()
     rng.shuffle(picks)
     return dataset.select(picks)
+
+
+def draw_budget(sizes: list[int], classes: list[str] | None, budget: int, newest_share: float, seed: int = 0):
+    """Row indices (into the datasets concatenated in order) of a fixed budget of training samples.
+
+    The last dataset (the newest iteration's) gives ``newest_share`` of the draws, the others the rest
+    in proportion to their size (where there are none, the newest gives all); with ``classes`` each
+    corrected-action class gets the same share within each part (the balance of ``balance_actions``).
+    Rows are drawn without replacement while a part has rows enough, then with.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    parts = [np.arange(starts[-2], starts[-1])]
+    if len(sizes) > 1:
+        parts.insert(0, np.arange(0, starts[-2]))
+    shares = [1.0] if len(parts) == 1 else [1.0 - newest_share, newest_share]
+    counts = np.floor(np.array(shares) * budget).astype(int)
+    counts[-1] += budget - counts.sum()
+    picks = []
+    for rows, n in zip(parts, counts, strict=True):
+        if n == 0 or len(rows) == 0:
+            continue
+        groups = [rows]
+        if classes is not None:
+            by_class: dict[str, list[int]] = {}
+            for r in rows:
+                by_class.setdefault(classes[r], []).append(int(r))
+            groups = [np.array(g) for g in by_class.values()]
+        per_group = np.full(len(groups), n // len(groups))
+        per_group[: n - per_group.sum()] += 1
+        for group, k in zip(groups, per_group, strict=True):
+            picks += rng.choice(group, size=int(k), replace=bool(k > len(group))).tolist()
+    picks = np.array(picks, dtype=np.int64)
+    rng.shuffle(picks)
+    return picks
 
 
 def load_reflections(references: list[str], keep_correct_action: bool = False):
@@ -140,12 +192,22 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     if not base:
         raise ValueError("--model_name_or_path is required: the model to fine-tune (path or Hub id)")
     dataset = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
-    if script_args.balance_actions:
+    pool = len(dataset)
+    if script_args.sample_budget is not None:
+        game = get_game(script_args.game)
+        classes = [game.action_class(a) for a in dataset["correct_action"]] if script_args.balance_actions else None
+        sizes = [len(load_dataset_reference(ref)) for ref in script_args.reflections]
+        dataset = dataset.select(draw_budget(sizes, classes, script_args.sample_budget, script_args.newest_share,
+                                             seed=training_args.seed))
+    elif script_args.balance_actions:
         dataset = balance_by_action_class(dataset, get_game(script_args.game), seed=training_args.seed)
+    if script_args.balance_actions:
         dataset = dataset.remove_columns(["correct_action"])
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = {"base_model": base, "reflections": script_args.reflections, "iteration": script_args.iteration}
+    if script_args.sample_budget is not None:  # (absent from the records of runs without a budget)
+        settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
     if training_args.process_index == 0:
         _check_output_dir(output_dir, settings)
     apply_device_defaults(training_args)
@@ -180,6 +242,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "samples": len(dataset),
+        "reflections_pool": pool,
         "epochs": training_args.num_train_epochs,
         "global_steps": trainer.state.global_step,
         "wall_s": wall,
