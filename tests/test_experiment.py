@@ -144,9 +144,9 @@ def test_seed_moves_every_random_source_of_an_experiment(tmp_path):
 
 
 def test_another_seed_collects_other_data(tmp_path):
-    import collect
     from datasets import load_dataset
 
+    import collect
     from vlmrl.cli import parse
     from vlmrl.configs import CollectArguments
 

@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.image_size < 32 or args.image_size % 32:
-        parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale factor 2), got {args.image_size}")
+        parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale 2), got {args.image_size}")
     config = TinyModelConfig(seed=args.seed, image_size=args.image_size)
     pretrain = None
     if not args.no_pretrain:
