@@ -1,0 +1,223 @@
+"""Is the loop's limit the learner, the data or the teacher? One JSON object on stdout.
+
+    python benchmarks/supervised_ceiling.py --model data/models/tiny-smolvlm --epochs 3
+    python benchmarks/supervised_ceiling.py --model data/models/tiny-smolvlm-160 --epochs 3
+
+On one large fixed set of oracle labels from the states a model visits while it learns (the tiny
+recipe's collection: the model plays, the oracle takes half the steps, DAgger's mixture), it
+measures held-out agreement with the oracle, overall and split by where the ball is (toward / away /
+none), for:
+
+- ``ram_exact``: a small MLP on the exact RAM positions of both frames (ball x, y, paddle y, now and
+  before): how much of the teacher's decision the two-frame observation determines at all;
+- ``ram_jitter1``: the same with each frame's positions off by up to ±1 unit, independently (about
+  what a 128-pixel observation of the 160-pixel playfield resolves);
+- ``model``: the VLM itself, fine-tuned on the same labels with the project's trainer
+  (``vlmrl.training.train``), scored on the held-out states after each epoch.
+
+Train and test states come from different episodes (different seeds). The data is cached under
+``--data-dir`` per collecting model, so a second model variant reuses it only when it saw the same
+collection (same ``--collect-model``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from vlmrl.cli import ArgumentParser, run
+from vlmrl.games import get_game
+from vlmrl.games.base import decide_batch
+from vlmrl.games.pong import parse_pong_ram
+from vlmrl.results import agreement_by_phase
+
+GAME = get_game("ALE/Pong-v5")
+
+
+def collect_states(model: str, out: Path, episodes: int, seed: int, max_steps: int = 500) -> None:
+    """The tiny recipe's collection (teacher mix 0.5): ``model`` plays, the oracle takes half the steps."""
+    from vlmrl.collection import collect
+    from vlmrl.configs import CollectArguments
+
+    collect(CollectArguments(model=model, episodes=episodes, max_steps=max_steps, num_envs=10, seed=seed,
+                             teacher_mix=0.5, output_dir=str(out / "episodes"), progress=False))
+
+
+def label_states(part: Path, model: str) -> Path:
+    """The oracle's label of every step, as training rows seen the way ``model`` sees (its record)."""
+    from vlmrl.configs import ReflectArguments
+    from vlmrl.reflection import reflect
+
+    out = part / f"reflections-{Path(model).name}"
+    if not (out / ".vlmrl" / "summary.json").exists():
+        reflect(ReflectArguments(episodes=str(part / "episodes"), reflector="oracle", reflect_on="all",
+                                 reflection_rate=1.0, completion_reasoning=False, model=model,
+                                 output_dir=str(out), progress=False))
+    return out
+
+
+def ram_pairs(episodes_dir: Path) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """Every step's RAM and previous RAM (None at an episode's start), in the dataset's row order."""
+    from datasets import load_dataset
+
+    ds = load_dataset(str(episodes_dir), split="train").select_columns(["episode_id", "step", "ram"])
+    ids, steps, rams = np.asarray(ds["episode_id"]), np.asarray(ds["step"]), np.asarray(ds["ram"], np.uint8)
+    row = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ids, steps, strict=True))}
+    prev = [row.get((int(e), int(s) - 1)) for e, s in zip(ids, steps, strict=True)]
+    return rams, [None if p is None else rams[p] for p in prev], list(zip(ids, steps, strict=True))
+
+
+def features(rams, prevs) -> np.ndarray:
+    out = []
+    for ram, prev in zip(rams, prevs, strict=True):
+        now = parse_pong_ram(ram)
+        before = parse_pong_ram(prev if prev is not None else ram)
+        out.append([now.ball_x, now.ball_y, now.player_y, before.ball_x, before.ball_y, before.player_y])
+    return np.asarray(out, np.float32)
+
+
+CLASSES = ("up", "down", "stay")
+
+
+def oracle_classes(rams, prevs) -> np.ndarray:
+    decisions = decide_batch(GAME.oracle(), list(rams), list(prevs))
+    return np.array([CLASSES.index(d.action_class) for d in decisions])
+
+
+def ram_mlp(train_x, train_y, test_x, jitter: int, seed: int = 0, epochs: int = 60) -> np.ndarray:
+    """Predictions of a 2x256 MLP trained on (optionally jittered) positions; jitter also at test time."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    def noisy(x):
+        return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
+
+    scale = 1 / 200.0
+    net = torch.nn.Sequential(torch.nn.Linear(6, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                              torch.nn.Linear(256, 3))
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    y = torch.from_numpy(train_y)
+    for _ in range(epochs):
+        x = torch.from_numpy(noisy(train_x).astype(np.float32) * scale)
+        for idx in torch.randperm(len(x)).split(256):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return net(torch.from_numpy(noisy(test_x).astype(np.float32) * scale)).argmax(-1).numpy()
+
+
+def score(predicted: np.ndarray, truth: np.ndarray, phases: list[str]) -> dict:
+    agrees = (predicted == truth).tolist()
+    split = agreement_by_phase(agrees, phases, GAME.phases)
+    return {"agreement": round(float(np.mean(agrees)), 4),
+            **{f"{p}": (None if v["agreement"] is None else round(v["agreement"], 4)) for p, v in split.items()},
+            "steps": len(agrees)}
+
+
+def model_predictions(checkpoint: str, test_dir: Path) -> np.ndarray:
+    """The fine-tuned model's greedy class on each held-out step (constrained decoding, as it plays)."""
+    from datasets import load_dataset
+
+    from vlmrl.models import load_processor, load_vlm
+    from vlmrl.observation import ObservationConfig, recorded_observation
+    from vlmrl.policies import Observation
+    from vlmrl.policies.vlm import VLMPolicy
+
+    observation = ObservationConfig(**recorded_observation(checkpoint))
+    model = load_vlm(checkpoint)
+    policy = VLMPolicy(model, load_processor(checkpoint, observation), GAME, GAME.actions, observation)
+    ds = load_dataset(str(test_dir / "episodes"), split="train")
+    row = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ds["episode_id"], ds["step"], strict=True))}
+    out = []
+    for start in range(0, len(ds), 64):
+        batch = []
+        for r in range(start, min(start + 64, len(ds))):
+            e, s = int(ds[r]["episode_id"]), int(ds[r]["step"])
+            frames = [np.asarray(ds[row[(e, max(s - j, 0))]]["frame"].convert("RGB"))
+                      for j in range(observation.frames - 1, -1, -1)]
+            batch.append(Observation(frames, np.asarray(ds[r]["ram"], np.uint8)))
+        picks = policy.action_logprobs(batch).argmax(-1).tolist()
+        out += [CLASSES.index(GAME.action_class(GAME.actions[i])) for i in picks]
+    return np.array(out)
+
+
+def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float) -> dict:
+    from trl import ModelConfig, SFTConfig
+
+    from vlmrl.cli import parse
+    from vlmrl.training import TrainScriptArguments, cpu_defaults, train
+
+    script, training, model_args = parse((TrainScriptArguments, SFTConfig, ModelConfig), [
+        "--model_name_or_path", base, "--reflections", str(reflections), "--output_dir", str(out),
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--learning_rate", str(lr),
+        "--lr_scheduler_type", "constant", "--balance_actions", "true", "--report_to", "none",
+        "--save_strategy", "no", "--seed", str(seed), "--logging_steps", "50"], defaults=cpu_defaults())
+    return train(script, training, model_args)
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="data/models/tiny-smolvlm", help="the model fine-tuned on the labels")
+    parser.add_argument("--collect-model", default=None, help="whose play makes the states (default: --model)")
+    parser.add_argument("--data-dir", default="data/ceiling", help="cache of the labelled states")
+    parser.add_argument("--train-episodes", type=int, default=40, help="500-step episodes of training states")
+    parser.add_argument("--test-episodes", type=int, default=10, help="500-step episodes of held-out states")
+    parser.add_argument("--epochs", type=int, default=3, help="passes of the model over the (class-balanced) labels")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the model's learning rate (constant)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    collector = args.collect_model or args.model
+    cache = Path(args.data_dir) / Path(collector).name
+    start = time.perf_counter()
+    parts = {}
+    for name, episodes, seed in (("train", args.train_episodes, 500_000), ("test", args.test_episodes, 600_000)):
+        part = cache / f"{name}-{episodes}"
+        if not (part / "episodes" / ".vlmrl" / "summary.json").exists():
+            collect_states(collector, part, episodes, seed)
+        parts[name] = part
+    report: dict = {"model": args.model, "collect_model": collector, "data_s": round(time.perf_counter() - start, 1),
+                    "load_average_1m": os.getloadavg()[0]}
+    data = {}
+    for name, part in parts.items():
+        rams, prevs, _ = ram_pairs(part / "episodes")
+        data[name] = (features(rams, prevs), oracle_classes(rams, prevs), [GAME.phase(r, p) for r, p in
+                                                                           zip(rams, prevs, strict=True)])
+    (train_x, train_y, _), (test_x, test_y, test_phases) = data["train"], data["test"]
+    report["train_states"], report["test_states"] = len(train_y), len(test_y)
+    report["label_share"] = {c: round(float(np.mean(test_y == i)), 3) for i, c in enumerate(CLASSES)}
+    for name, jitter in (("ram_exact", 0), ("ram_jitter1", 1)):
+        report[name] = score(ram_mlp(train_x, train_y, test_x, jitter, args.seed), test_y, test_phases)
+    if not args.skip_model:
+        report["model_epochs"] = []
+        current = args.model
+        for epoch in range(1, args.epochs + 1):
+            out = cache / f"ft-{Path(args.model).name}-seed{args.seed}-lr{args.lr:g}" / f"epoch_{epoch}"
+            t = time.perf_counter()
+            if not (out / "train_metrics.json").exists():
+                metrics = train_epoch(current, label_states(parts["train"], args.model), out, args.seed, args.lr)
+            else:
+                metrics = json.loads((out / "train_metrics.json").read_text())
+            entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],
+                     "train_loss": round(metrics["train_loss"], 4)}
+            entry.update(score(model_predictions(str(out), parts["test"]), test_y, test_phases))
+            report["model_epochs"].append(entry)
+            print(json.dumps(entry), flush=True, file=__import__("sys").stderr)
+            current = str(out)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    run(main)
