@@ -247,6 +247,8 @@ def build_tiny_model(
     report["build_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
     report["torch_threads"] = torch.get_num_threads()
     report["load_average"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    report["weights_sha256"] = weights_checksum(model)
+    report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
 
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -310,12 +312,24 @@ def _pretrain_and_probe(model, processor, observation, pretrain: PretrainConfig,
     return report
 
 
+def weights_checksum(model) -> str:
+    """SHA-256 of every parameter's bytes, in name order: two builds are the same model iff it matches."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _card_body(recipe: dict, report: dict) -> str:
     from vlmrl.probe import format_probe_table
 
     pretrain = recipe["pretrain"]
+    checksum = f"Weights SHA-256 `{report.get('weights_sha256')}` (CPU kernels: {report.get('cpu_capability')}).\n"
     if pretrain is None:
-        return "## Weights\n\nRandom initialisation (seed {seed}): it has seen nothing.\n".format(**recipe)
+        return "## Weights\n\nRandom initialisation (seed {seed}): it has seen nothing.\n".format(**recipe) + checksum
     body = [
         "## Perception pre-training\n",
         f"Taught to see Pong, not to play it: {pretrain['frames']:,} observations of varied play "
@@ -336,6 +350,7 @@ def _card_body(recipe: dict, report: dict) -> str:
         f"| whole build, CPU (s) | {report.get('build_cpu_seconds')} ({report.get('torch_threads')} torch threads) |",
         f"| load average (start, end) | {report.get('load_average')} |",
         "",
+        checksum,
     ]
     if report.get("probe"):
         body += [
