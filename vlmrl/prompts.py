@@ -71,48 +71,176 @@ class ParsedAnswer:
     error: str = ""
 
 
-_ACTION_RE = re.compile(r'"action"\s*:\s*"([A-Za-z_]+)"')
-_REASONING_RE = re.compile(r'"reasoning"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# --- the answer parser ----------------------------------------------------------------------
+#
+# The text is read as prose holding JSON spans. A span opens at a ``{`` or ``[`` met in the
+# prose that JSON could follow (after optional whitespace: ``"`` or ``}`` for an object, the
+# start of a value or ``]`` for an array, or the end of the text); other brackets are prose
+# ("{like this}", "[note]"). A span runs to its matching bracket, counted over JSON strings (a
+# bracket inside a string does not count, nor does a closer of the other kind: ``{ ]`` does not
+# close); a span that never closes runs to the end of the text.
+# Nothing inside a span is top level, so a span that never closes (a truncated answer) hides
+# all that follows it. The rules are spelled out in ``parse_answer``.
+
+MAX_JSON_DEPTH = 64  # deeper spans are never decoded: no answer nests so deep, and json recurses per level
+
+_STRING = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
+# One token inside a span: a closed string (with, when a colon follows, the string value after
+# it, if that value is a closed string), the quote of a string that never closes, or a bracket.
+_TOKEN_RE = re.compile(_STRING + r"(\s*:\s*(?:" + _STRING + r")?)?" + r'|"|[{}\[\]]', re.S)
+_OPEN_RE = re.compile(r'\{(?=[ \t\n\r]*(?:["}]|\Z))|\[(?=[ \t\n\r]*(?:["{\[\]\-0-9]|true|false|null|\Z))')
+_DECODER = json.JSONDecoder()
+_LENIENT_DECODER = json.JSONDecoder(strict=False)
+_NOT_A_STRING = object()  # the salvaged value of a key followed by something other than a closed string
+
+
+@dataclass
+class _Span:
+    """One top-level span: ``[start, end)``, whether it closed, and its deepest nesting.
+
+    ``fields`` holds the top-level ``"key": value`` pairs of an object span as read leniently
+    (keys and string values unescaped, a later duplicate replacing an earlier one); ``obj`` the
+    decoded object when the span is an object that is valid JSON and at most ``MAX_JSON_DEPTH`` deep.
+    """
+
+    start: int
+    end: int
+    closed: bool
+    depth: int
+    fields: dict
+    obj: dict | None = None
+
+
+def _unescape(raw: str) -> str:
+    """A JSON string's body with its escapes resolved; the raw body when they do not resolve."""
+    if "\\" not in raw:
+        return raw
+    try:
+        value = _LENIENT_DECODER.decode(f'"{raw}"')
+    except ValueError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
+def _scan(text: str, start: int) -> _Span:
+    """The span opening at ``text[start]`` (a ``{`` or ``[``): one linear pass, no recursion."""
+    stack: list[str] = []
+    fields: dict = {}
+    depth = 0
+    for match in _TOKEN_RE.finditer(text, start):
+        first = match.group(0)[0]
+        if first == '"':
+            if match.group(1) is None:  # a string that never closes: the rest of the text is inside it
+                break
+            if match.group(2) is not None and stack == ["{"]:  # a key of the span's own object
+                value = match.group(3)
+                fields[_unescape(match.group(1))] = _NOT_A_STRING if value is None else _unescape(value)
+        elif first in "{[":
+            stack.append(first)
+            depth = max(depth, len(stack))
+        elif stack[-1] == ("{" if first == "}" else "["):  # a closer of the other kind closes nothing
+            stack.pop()
+            if not stack:
+                return _Span(start, match.end(), True, depth, fields)
+    return _Span(start, len(text), False, depth, fields)
+
+
+def _spans(text: str):
+    """Yields the top-level spans of ``text`` in order of appearance, decoding the objects that are valid JSON."""
+    opening = _OPEN_RE.search(text)
+    while opening is not None:
+        span = _scan(text, opening.start())
+        if text[span.start] == "{" and span.closed and span.depth <= MAX_JSON_DEPTH:
+            try:
+                obj, end = _DECODER.raw_decode(text, span.start)
+            except (ValueError, RecursionError):
+                pass
+            else:
+                if isinstance(obj, dict) and end == span.end:
+                    span.obj = obj
+        yield span
+        opening = _OPEN_RE.search(text, span.end)
 
 
 def json_objects(text: str):
-    """Yields each top-level JSON object that decodes, in order of appearance."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            obj, end = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(obj, dict):
-            yield obj
-        start = text.find("{", end)
+    """Yields each top-level JSON object that decodes, in order of appearance; never raises.
+
+    Top level as ``parse_answer`` reads it: an object nested in another object or in an array
+    is not yielded, nor is anything after a bracket that never closes.
+    """
+    if not isinstance(text, str):
+        return
+    for span in _spans(text):
+        if span.obj is not None:
+            yield span.obj
+
+
+def _legal_action(value: str, legal: dict[str, str]) -> str | None:
+    """The legal action ``value`` names: ASCII only, case-insensitive, surrounding whitespace ignored."""
+    return legal.get(value.strip().upper()) if value.isascii() else None
 
 
 def parse_answer(text: str, legal_actions: list[str], keys: tuple[str, str] = ("action", "reasoning")) -> ParsedAnswer:
-    """Parses ``{"action": ..., "reasoning": ...}`` (or other ``keys``); never raises."""
+    """Parses ``{"action": ..., "reasoning": ...}`` (or other ``keys``); never raises.
+
+    The rules (the comment above ``MAX_JSON_DEPTH`` says how the text splits into prose and spans):
+
+    * Only the first ``MAX_ANSWER_CHARS`` characters are read; anything else than a ``str``
+      (None, bytes) is an invalid answer.
+    * Only a top-level JSON object counts: one that stands in the prose, not nested inside
+      another object or an array, and not inside a span that never closes (a truncated
+      ``{"a": {"action": "LEFT"}``). Of it, only its own top-level keys count: an action key
+      nested deeper is not the answer.
+    * A duplicate key: the last occurrence wins (as ``json.loads`` reads it).
+    * The top-level objects that decode are read in order of appearance; the first holding the
+      action key decides, valid or not. Objects deeper than ``MAX_JSON_DEPTH`` are not decoded.
+    * The action must be a string naming a legal action exactly: ASCII only, compared
+      case-insensitively after stripping surrounding whitespace. Unicode look-alikes (the ``ﬁ``
+      ligature, a dotless ``ı``, fullwidth letters, Cyrillic homoglyphs) are illegal.
+    * Salvage, when no decoded object holds the action key: small models often get the JSON almost
+      right (a missing brace, an unterminated reasoning). The top-level spans that do not decode
+      are read in order of appearance by the same rules (top-level keys of the span's own object,
+      the last duplicate wins, the same action check, only closed strings as values); the first
+      holding the action key gives its action, but the answer stays invalid ("malformed JSON").
+    """
+    try:
+        return _parse(text, legal_actions, keys)
+    except Exception as error:  # a safety net: nothing in _parse is known to raise
+        return ParsedAnswer(None, "", False, f"parser error: {type(error).__name__}")
+
+
+def _parse(text: str, legal_actions: list[str], keys: tuple[str, str]) -> ParsedAnswer:
+    if not isinstance(text, str):
+        return ParsedAnswer(None, "", False, f"answer is not text but {type(text).__name__}")
     action_key, reasoning_key = keys
-    text = (text or "")[:MAX_ANSWER_CHARS]
-    legal = {a.upper(): a for a in legal_actions}
-    for obj in json_objects(text):
-        if action_key not in obj:
+    text = text[:MAX_ANSWER_CHARS]
+    legal = {a.upper(): a for a in legal_actions if isinstance(a, str) and a.isascii()}
+    spans = list(_spans(text))
+    for span in spans:
+        obj = span.obj
+        if obj is None or action_key not in obj:
             continue
         value = obj[action_key]
         reasoning = obj.get(reasoning_key, "")
         reasoning = reasoning if isinstance(reasoning, str) else json.dumps(reasoning)
         if not isinstance(value, str):
             return ParsedAnswer(None, reasoning, False, f"{action_key} is not a string: {value!r}"[:200])
-        if value.strip().upper() not in legal:
+        action = _legal_action(value, legal)
+        if action is None:
             return ParsedAnswer(None, reasoning, False, f"illegal action {value!r}"[:200])
-        return ParsedAnswer(legal[value.strip().upper()], reasoning, True)
-    # Small models often get the JSON almost right (a missing brace): salvage the fields.
-    if action_key == "action":
-        match = _ACTION_RE.search(text)
-        if match and match.group(1).upper() in legal:
-            reasoning_match = _REASONING_RE.search(text)
-            reasoning = reasoning_match.group(1) if reasoning_match else ""
-            return ParsedAnswer(legal[match.group(1).upper()], reasoning, False, "malformed JSON")
+        return ParsedAnswer(action, reasoning, True)
+    for span in spans:
+        if span.obj is not None or action_key not in span.fields:
+            continue
+        value = span.fields[action_key]
+        reasoning = span.fields.get(reasoning_key, "")
+        reasoning = reasoning if isinstance(reasoning, str) else ""
+        if not isinstance(value, str):
+            return ParsedAnswer(None, reasoning, False, f"malformed JSON: {action_key} is not a closed string")
+        action = _legal_action(value, legal)
+        if action is None:
+            return ParsedAnswer(None, reasoning, False, f"malformed JSON: illegal action {value!r}"[:200])
+        return ParsedAnswer(action, reasoning, False, "malformed JSON")
     return ParsedAnswer(None, "", False, "no JSON object with an action")
 
 
