@@ -33,6 +33,12 @@ SEED ?=
 HUB ?=
 LAUNCH ?=
 
+# PORTABLE=1: every phase (and the tiny model's build) on the CPU's baseline kernels, the same floating-point
+# results on any x86-64 machine at about twice the CPU time (see vlmrl/__init__.py).
+ifeq ($(PORTABLE),1)
+export VLMRL_PORTABLE_KERNELS := 1
+endif
+
 EXPERIMENTS ?= data/experiments
 EXP_DIR := $(EXPERIMENTS)/$(EXP)
 OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \

@@ -130,3 +130,32 @@ def test_physics_caption_is_a_separate_recipe_and_the_default_recipe_is_unchange
     assert "physics_caption" not in default["pretrain"]
     assert physics["pretrain"]["physics_caption"] is True and physics != default
     assert {k: v for k, v in physics["pretrain"].items() if k != "physics_caption"} == default["pretrain"]
+
+
+def test_portable_kernels_pin_torch_mkl_and_onednn_before_torch_loads():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import json, os, vlmrl, torch; print(json.dumps([os.environ.get(k) for k in vlmrl.PORTABLE_KERNELS] "
+             "+ [torch.backends.cpu.get_cpu_capability()]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    pinned = subprocess.run([sys.executable, "-c", probe], env={**env, "VLMRL_PORTABLE_KERNELS": "1"},
+                            capture_output=True, text=True, check=True)
+    assert json.loads(pinned.stdout) == ["default", "COMPATIBLE", "SSE41", "DEFAULT"]
+    free = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(free.stdout)[:3] == [None, None, None]
+
+
+def test_the_build_records_a_checksum_of_its_weights(tiny_model):
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForImageTextToText
+
+    from vlmrl.tiny_model import weights_checksum
+
+    report = json.loads((Path(tiny_model) / "tiny_config.json").read_text())["report"]
+    assert report["weights_sha256"] == weights_checksum(AutoModelForImageTextToText.from_pretrained(tiny_model))
+    assert report["weights_sha256"] in (Path(tiny_model) / "README.md").read_text()
