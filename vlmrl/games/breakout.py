@@ -14,7 +14,7 @@ noisy tracking player, and ~24,000 single frames for the wall and paddle bounces
 
 - ``ram[72]`` paddle x: its left pixel column is ``ram[72] - 47`` (2,443 of 2,453 frames; the others
   are frames where the ball touches the paddle's rows). Range 55..191, i.e. columns 8..144; the paddle
-  is 16 columns wide, its rows 189-192. From x 185 on, the right wall hides part of it (at 191 only 8
+  is 16 columns wide, its rows 189-192. From x 184 on, the right wall hides part of it (at 191 only 8
   columns show). Its middle is column ``ram[72] - 39.5``.
 - ``ram[99]`` ball x: its left column is ``ram[99] - 49`` (2,183 of 2,194 frames with the ball drawn
   below the bricks; the rest ``- 48``). 2 columns wide. It turns at the side walls at x 56 and 200
