@@ -32,7 +32,7 @@ def test_oracle_agreement_on_a_known_case():
     steps = [StepRecord(None, r, p, Decision(a), 0.0, False, False)
              for r, p, a in zip(rams, prevs, actions, strict=True)]
     assert oracle_agreement(PONG, [EpisodeRecord(0, 0, steps)]) == pytest.approx(2 / 3)
-    assert oracle_agreement(get_game("ALE/Breakout-v5"), [EpisodeRecord(0, 0, steps)]) is None
+    assert oracle_agreement(get_game("ALE/Pooyan-v5"), [EpisodeRecord(0, 0, steps)]) is None
 
 
 def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
@@ -48,7 +48,7 @@ def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
     assert split == {"toward": {"agreement": 0.5, "steps": 2}, "away": {"agreement": 1.0, "steps": 1},
                      "none": {"agreement": 1.0, "steps": 1}}
     assert oracle_agreement(PONG, episodes) == pytest.approx(3 / 4) == overall
-    assert oracle_agreement_stats(get_game("ALE/Breakout-v5"), episodes) == (None, None)
+    assert oracle_agreement_stats(get_game("ALE/Pooyan-v5"), episodes) == (None, None)
     only_toward = oracle_agreement_stats(PONG, episodes[:1])[1]
     assert only_toward["away"] == {"agreement": None, "steps": 0}
 

@@ -117,7 +117,7 @@ def test_model_reflector_parses_a_good_answer(tiny_model, pong_actions, monkeypa
     "kwargs, message",
     [
         (dict(reflector="teacher"), "unknown reflector"),
-        (dict(reflector="oracle", game="ALE/Breakout-v5"), "has none"),
+        (dict(reflector="oracle", game="ALE/Pooyan-v5"), "has none"),
     ],
 )
 def test_bad_reflector_settings(kwargs, message, pong_actions):

@@ -46,6 +46,6 @@ def games_with_oracle() -> list[Game]:
 
 
 # The games that ship with vlmrl register themselves on import.
-from vlmrl.games import pong  # noqa: E402,F401
+from vlmrl.games import breakout, pong  # noqa: E402,F401
 
 __all__ = ["Game", "OracleDecision", "Question", "get_game", "register_game", "registered_games", "unregister_game"]
