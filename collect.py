@@ -2,6 +2,7 @@
 
     python collect.py --config recipes/tiny-smolvlm/pong/collect.yaml --episodes 5
     python collect.py --policy random --episodes 10 --output-dir data/random
+    accelerate launch --multi_gpu --num_processes 2 collect.py ...   # each process its share (CPU or GPU)
 """
 
 from vlmrl.cli import parse, run
@@ -10,10 +11,10 @@ from vlmrl.configs import CollectArguments
 
 
 def main(args: CollectArguments) -> dict:
-    from accelerate import PartialState
+    from vlmrl.distributed import process_state
 
     summary = collect(args)
-    if not PartialState().is_main_process:  # under accelerate launch: the main process reports and pushes
+    if not process_state().is_main_process:  # under accelerate launch: the main process reports and pushes
         return summary
     print(format_summary(summary))
     print(f"episodes written to {args.output_dir}")

@@ -11,9 +11,12 @@ from vlmrl.evaluation import format_results
 
 
 def main(args: EvaluateArguments) -> dict:
+    from vlmrl.distributed import process_state
     from vlmrl.evaluation import evaluate
 
     results = evaluate(args)
+    if not process_state().is_main_process:  # under accelerate launch: the main process reports and pushes
+        return results
     print(format_results(results))
     if "probe" in results:
         for question, score in results["probe"].items():

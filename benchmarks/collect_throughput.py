@@ -134,7 +134,6 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=100, help="steps played the seed's way")
     parser.add_argument("--forward-repeats", type=int, default=30, help="timed forwards per forward figure")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--prefetch-resets", action="store_true", help="collect.py's --prefetch-resets")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -149,7 +148,7 @@ def main() -> None:
         figures["forward_uncached_frames_per_s"] = forward_frames_per_s(model, n, args.forward_repeats,
                                                                          prefix_cache=False)
         ours = collect_run(model, Path(tmp) / "ours", episodes=args.episodes, max_steps=args.max_steps, num_envs=n,
-                           decode="constrained", prefetch_resets=args.prefetch_resets, **MOTION)
+                           decode="constrained", **MOTION)
         forward.append(forward_frames_per_s(model, n, args.forward_repeats, prefix_cache=True))
         seed = collect_run(model, Path(tmp) / "seed", episodes=1, max_steps=args.seed_steps, num_envs=1,
                            decode="generate", max_new_tokens=tokens, min_new_tokens=tokens, **SEED_OBSERVATION)

@@ -189,3 +189,17 @@ def test_teacher_mix_plays_the_oracle_and_records_it(tmp_path):
     half = collection.collect(_args(tmp_path, episodes=4, max_steps=50, teacher_mix=0.5,
                                     output_dir=str(tmp_path / "half")))
     assert 0.3 < half["teacher_share"] < 0.7
+
+
+def test_progress_counts_agent_steps_and_episodes_are_logged_as_they_finish(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    collection.collect(_args(tmp_path, progress=True, logging_dir=str(tmp_path / "tb")))
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "90/90" in bar and "mean_return=" in bar and "episodes=3/3" in bar  # 3 episodes x 30 steps
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    # Two envs: episodes 0 and 1 end together at 60 agent steps, episode 2 at 90 (CleanRL's x-axis).
+    assert [e.step for e in events.Scalars("collect/episodic_return")] == [60, 60, 90]
+    assert [e.value for e in events.Scalars("collect/episodic_length")] == [30, 30, 30]
+    with pytest.raises(ValueError, match="--report-to must be one of"):
+        collection.collect(_args(tmp_path, report_to="mlflow", output_dir=str(tmp_path / "other")))

@@ -10,6 +10,7 @@ from vlmrl.games.pong import make_pong_ram
 from vlmrl.policies import Decision
 from vlmrl.results import RESULTS_KEYS, eval_seeds
 from vlmrl.rollout import EpisodeRecord, StepRecord
+from vlmrl.video import BAND_HEIGHT, render_episode, video_episode_ids
 
 MOTION = dict(frames=2, encoding="motion", crop=True, image_size=128)
 
@@ -55,7 +56,7 @@ def test_agreement_by_phase_splits_the_steps_where_the_ball_is():
 
 def test_random_policy_results_follow_the_schema(tmp_path):
     results = evaluate(EvaluateArguments(policy="random", episodes=3, max_steps=40, num_envs=3,
-                                         output_dir=str(tmp_path), progress=False))
+                                         output_dir=str(tmp_path), progress=False, video_episodes="all"))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(RESULTS_KEYS) <= set(saved) and saved == results
     assert saved["seeds"] == eval_seeds(3) and min(saved["seeds"]) >= 1_000_000  # never a collection seed
@@ -71,7 +72,33 @@ def test_random_policy_results_follow_the_schema(tmp_path):
     agreed = sum(p["agreement"] * p["steps"] for p in split.values() if p["steps"])
     assert agreed / 120 == pytest.approx(saved["oracle_agreement"])
     assert "oracle agreement" in format_results(saved)
-    assert (tmp_path / "episode.gif").exists() and saved["video"].endswith("episode.gif")
+    # Every episode filmed, scaled up twice with a text band under it; results.json's video is the first.
+    assert saved["videos"] == [str(tmp_path / f"episode_{i:03d}.gif") for i in range(3)]
+    assert saved["video"] == saved["videos"][0]
+    from PIL import Image
+
+    with Image.open(saved["video"]) as gif:
+        assert gif.size == (320, 420 + BAND_HEIGHT) and gif.n_frames == 40
+    # The scalars were logged as they happened, against agent steps (TensorBoard by default).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("eval/episodic_return")] == [120, 120, 120]  # 3 envs finish together
+    assert events.Scalars("eval/mean_return")[-1].value == pytest.approx(saved["mean_return"])
+    assert "eval/video" in events.Tags()["images"]
+
+
+def test_video_episodes_choice_and_overlay():
+    frames = [np.zeros((210, 160, 3), np.uint8)] * 5
+    rendered = render_episode(frames, ["NOOP", "RIGHT", "LEFT", "NOOP", "NOOP"], [0, 1, 0, -1, 0],
+                              ["NOOP", "LEFT", "LEFT", "NOOP", "NOOP"], [True, False, True, True, True], max_frames=3)
+    assert len(rendered) == 3 and rendered[0].shape == (420 + BAND_HEIGHT, 320, 3)
+    band = rendered[1][420:]  # step 2, after one disagreement: text was drawn in the band
+    assert (band != band[0, 0]).any()
+    assert video_episode_ids("all", 3) == {0, 1, 2} and video_episode_ids("0,2", 3) == {0, 2}
+    assert video_episode_ids("none", 3) == set()
+    with pytest.raises(ValueError, match="outside"):
+        video_episode_ids("5", 3)
 
 
 def test_tiny_model_evaluation_and_card(tmp_path, tiny_model):

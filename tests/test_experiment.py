@@ -50,7 +50,7 @@ def test_summary_with_two_iterations(tmp_path):
     assert [e.get("env_steps_total") for e in its[1:]] == [500, 1200]
     assert its[2]["eval"]["mean_return"] == -7.0 and its[2]["train"]["train_loss"] == 0.5
     table = format_table(summary)
-    assert table.count("\n") == 4 and "| 2 | 1200 |" in table
+    assert table.count("\n") == 4 and "| 2 | 1,200 |" in table
     assert "| 0.700 | 0.500 | 0.0% |" in table and "| 0.300 | - | 0.0% |" in table  # the base: no split
     png = plot_learning_curve(summary, {"random": _results([-20.7], None)}, tmp_path / "curve.png")
     assert png.stat().st_size > 1000

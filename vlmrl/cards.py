@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +23,7 @@ from huggingface_hub import (
     ModelCardData,
 )
 
+from vlmrl.observation import ObservationConfig
 from vlmrl.references import hub_id
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 
 CardT = TypeVar("CardT", DatasetCard, ModelCard)
+EVAL_VIDEO = "evaluation.gif"  # the card's video, copied beside it from the evaluation
 
 
 
@@ -119,6 +122,9 @@ trial → reflection → fine-tuning, starting from {{ base_model_link }}.
 {% for key, value in train_rows %}| {{ key }} | {{ value }} |
 {% endfor %}{% endif %}
 {{ evaluation_section }}
+{% if observation_section %}
+{{ observation_section }}
+{% endif %}
 {% if reward_plot %}
 ## Reward
 
@@ -222,11 +228,15 @@ def model_card(
     model_name: str | None = None,
     repo_id: str | None = None,
     revision: str | None = None,
+    observation: ObservationConfig | None = None,
+    model_path: str | None = None,
 ) -> ModelCard:
     """The card of checkpoint M(iteration): base model, training data, metrics, evaluation, reward plot, recipe.
 
     ``datasets`` are references (local paths or ``user/name:config``); Hub ones go into the YAML.
     ``reward_plot`` is a path relative to the card's folder (``write_model_card`` copies it there).
+    ``observation`` (what the model was trained to see) adds how to build it from raw frames and act, loading
+    the model from the Hub repo where there is one, else from ``model_path``.
     """
     hub_base = hub_id(base_model)
     hub_datasets = list(dict.fromkeys(r for r in map(hub_id, datasets) if r))
@@ -257,9 +267,78 @@ def model_card(
         reward_plot=reward_plot,
         usage={"repo_id": repo_id, "revision": revision or f"iteration-{iteration}"} if repo_id else None,
         recipe=_recipe_text(recipe),
+        observation_section=observation_section(observation, game, repo_id=repo_id, revision=revision
+                                                or f"iteration-{iteration}", model_path=model_path)
+        if observation is not None else "",
     )
     card.text = re.sub(r"\n{3,}", "\n\n", card.text)
     return card
+
+
+def describe_observation(observation: ObservationConfig, game: str) -> str:
+    """What the model is shown each step, in words."""
+    size = f"{observation.image_size}×{observation.image_size}"
+    field = "the playfield, cropped from" if observation.crop else "the whole"
+    resize = "nearest-neighbour (the ball stays a sharp block)" if observation.resample == "nearest" else "bilinear"
+    if observation.encoding == "motion":
+        return (f"Each step the model sees **one {size} image made of the last two raw frames** of {game} "
+                f"({field} 210×160 frame, resized {resize}): red and blue are the current frame's contrast with "
+                "the background, green the previous frame's, so a moving ball shows as two offset blobs that say "
+                "which way it moves. It was never shown a plain screenshot: give it this motion image.")
+    frames = "the current raw frame" if observation.frames == 1 else f"the last {observation.frames} raw frames"
+    return (f"Each step the model sees {frames} of {game}, each as its own {size} RGB image ({field} 210×160 "
+            f"frame, resized {resize}), oldest first.")
+
+
+_SNIPPET = """import ale_py
+import gymnasium as gym
+
+from vlmrl.games import get_game
+from vlmrl.models import load_processor, load_vlm
+from vlmrl.observation import ObservationConfig, encode_observation
+from vlmrl.policies.base import Observation
+from vlmrl.policies.vlm import VLMPolicy
+
+{load}
+observation = ObservationConfig({config})  # what it was trained on
+game = get_game("{game}")
+
+gym.register_envs(ale_py)
+env = gym.make("{game}")  # the v5 protocol: frameskip 4, sticky actions 0.25
+frames = [env.reset(seed=0)[0]]  # raw 210x160 RGB frames, oldest first
+while len(frames) < observation.frames:
+    frames.append(env.step(0)[0])
+
+images = encode_observation(frames, observation, game)  # the image(s) the model is shown
+images[0].save("observation.png")
+
+policy = VLMPolicy(load_vlm(model), load_processor(model, observation), game,
+                   env.unwrapped.get_action_meanings(), observation)
+decision = policy.act([Observation(frames, ram=env.unwrapped.ale.getRAM())])[0]
+print(decision.action)
+"""
+
+
+def observation_snippet(observation: ObservationConfig, game: str, *, repo_id: str | None = None,
+                        revision: str | None = None, model_path: str | None = None) -> str:
+    """Python that builds the observation from raw frames (``encode_observation``) and gets an action."""
+    if repo_id:
+        load = (f'from huggingface_hub import snapshot_download\n\n'
+                f'model = snapshot_download("{repo_id}", revision="{revision or "main"}")')
+    else:
+        load = f'model = "{model_path or "path/to/this/checkpoint"}"'
+    config = ", ".join(f"{k}={v!r}" for k, v in asdict(observation).items())
+    return _SNIPPET.format(load=load, config=config, game=game)
+
+
+def observation_section(observation: ObservationConfig, game: str, *, repo_id: str | None = None,
+                        revision: str | None = None, model_path: str | None = None) -> str:
+    """The card's "What the model sees" section: in words, and as code that builds it and acts (the
+    constrained decoding the recipes use: the legal action names scored in one forward pass)."""
+    code = observation_snippet(observation, game, repo_id=repo_id, revision=revision, model_path=model_path)
+    return (f"## What the model sees\n\n{describe_observation(observation, game)}\n\n"
+            f"Build the observation from raw frames and get an action (`pip install -e .` of vlmrl):\n\n"
+            f"```python\n{code}```\n")
 
 
 def write_model_card(checkpoint_dir: str | Path, *, reward_plot: str | Path | None = None, **kwargs: Any) -> Path:
@@ -284,7 +363,14 @@ def add_eval_results_to_card(card_path: str | Path, results: Mapping[str, Any] |
     if path.is_dir():
         path = path / "README.md"
     card = ModelCard.load(path) if path.exists() else empty_card(ModelCard)
-    merge_eval_results(card, read_results(results))
+    results = read_results(results)
+    merge_eval_results(card, results)
+    video = results.get("video")
+    if video and Path(video).is_file():
+        # Copied beside the card: a relative link renders on the Hub and in a local viewer alike.
+        shutil.copyfile(video, path.parent / EVAL_VIDEO)
+        card.text = upsert_section(card.text, "video", f"## Playing\n\n![An evaluation episode: the action played "
+                                   f"(green where the oracle agrees), the oracle's action and the score]({EVAL_VIDEO})")
     card.save(path)
     return card
 

@@ -38,6 +38,11 @@ def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict 
 
     parser = TrlParser(dataclass_types)
     parser.error = lambda message: _one_line_error(parser.prog, message)
+    # TrlParser reads --config itself, before argparse sees the arguments, so --help would not list it.
+    # SUPPRESS: argparse never sets it, and no unknown field reaches the dataclasses.
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+                        help="a recipe: its keys are flags of this script (either spelling) and set their defaults; "
+                             "flags given here win")
     if defaults:
         parser.set_defaults(**defaults)
     if argv is not None:

@@ -173,10 +173,15 @@ def resume_settings(args: CollectArguments) -> dict:
 
 
 def collect(args: CollectArguments) -> dict:
-    """Runs the trial phase; resumes a partial collection in ``args.output_dir``. Returns the summary."""
-    from accelerate import PartialState
+    """Runs the trial phase; resumes a partial collection in ``args.output_dir``. Returns the summary.
 
-    state = PartialState()
+    Under ``accelerate launch`` (CPU or GPU) each process plays its share of the episodes into the one
+    dataset folder; the main process writes the summary, counting every process's steps.
+    """
+    from vlmrl.distributed import gather, process_state
+    from vlmrl.tracking import Tracker, logging_dir
+
+    state = process_state()
     game = get_game(args.game)
     output_dir = Path(args.output_dir)
     if state.is_main_process:
@@ -190,12 +195,12 @@ def collect(args: CollectArguments) -> dict:
         for i in range(args.episodes)
         if i not in done and i % state.num_processes == state.process_index
     ]
-    # With prefetch_resets, a model's collection has its seeded resets made in a helper process from now on.
     batch = AtariBatch(game.id, args.num_envs, frameskip=args.frameskip,
-                       repeat_action_probability=args.repeat_action_probability,
-                       prefetch_resets=args.prefetch_resets and bool(jobs) and args.policy == "model")
-    batch.plan([seed for _, seed in jobs])
+                       repeat_action_probability=args.repeat_action_probability)
     new_steps, setup_s, start = 0, 0.0, time.perf_counter()
+    tracker = Tracker(args.report_to, logging_dir(args.logging_dir, meta_path(output_dir, "tensorboard")),
+                      run_name=f"collect-{output_dir.name}", config=_settings(args),
+                      process_index=state.process_index, num_processes=state.num_processes)
     writer = ShardWriter()
     try:
         if jobs:
@@ -211,6 +216,7 @@ def collect(args: CollectArguments) -> dict:
                 progress=args.progress and state.is_local_main_process, desc="collect",
                 teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
                 on_frames=writer.encode_frames,
+                on_episode=lambda e, steps: tracker.episode("collect", e.episode_return, len(e.steps), steps),
             ):
                 writer.submit(write_episode, output_dir, episode, model=policy.model_name, iteration=args.iteration,
                               gamma=args.gamma)
@@ -222,19 +228,25 @@ def collect(args: CollectArguments) -> dict:
         writer.close()
     finally:
         batch.close()
+        tracker.close()
     elapsed = time.perf_counter() - start
-    state.wait_for_everyone()
+    # Every process's steps and stepping time: the rate is the processes' together, over the slowest one's time.
+    per_process = gather((new_steps, elapsed - setup_s, setup_s), state)
+    new_steps = sum(n for n, _, _ in per_process)
+    active_s = max(t for n, t, _ in per_process if n) if new_steps else 0.0
+    setup_s = max(s for _, _, s in per_process)
     summary = summarize(output_dir)
     summary.update(
         {
             "requested_episodes": args.episodes,
             "resumed_episodes": len(done),
             "new_steps": new_steps,
-            # this process's own rate, from its first step to its last shard on disk
-            "steps_per_s": new_steps / (elapsed - setup_s) if new_steps else None,
+            # from the first step to the last shard on disk
+            "steps_per_s": new_steps / active_s if new_steps and active_s > 0 else None,
             "setup_s": setup_s,  # loading the policy
             "wall_s": elapsed,
-            "settings": {k: v for k, v in asdict(args).items() if k != "push_to_hub"},
+            "processes": state.num_processes,
+            "settings": _settings(args),
             "observation": {k: v for k, v in resume_settings(args).items()
                             if k in ("frames", "encoding", "crop", "image_size")},
         }
@@ -248,6 +260,10 @@ def collect(args: CollectArguments) -> dict:
             tags=["episodes"],
         )
     return summary
+
+
+def _settings(args: CollectArguments) -> dict:
+    return {k: v for k, v in asdict(args).items() if k != "push_to_hub"}
 
 
 def episodes_card_body(args: CollectArguments, summary: dict) -> str:

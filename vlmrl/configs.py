@@ -78,7 +78,20 @@ class PolicyArguments(ObservationArguments):
 
 
 @dataclass
-class CollectArguments(PolicyArguments, EnvArguments):
+class LoggingArguments:
+    """Live scalars of a phase (episodic return against agent steps), as training reports them."""
+
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "tensorboard, trackio, wandb (where installed) or none"}
+    )
+    logging_dir: str | None = field(
+        default=None,
+        metadata={"help": "TensorBoard folder (default: $TENSORBOARD_LOGGING_DIR, else inside the output dir)"},
+    )
+
+
+@dataclass
+class CollectArguments(LoggingArguments, PolicyArguments, EnvArguments):
     """collect.py: play episodes and record every step as an episodes dataset."""
 
     episodes: int = field(default=10, metadata={"help": "episodes to collect"})
@@ -99,11 +112,6 @@ class CollectArguments(PolicyArguments, EnvArguments):
         default=None, metadata={"help": "Hub dataset id to publish to (user/name); the local copy is kept"}
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
-    prefetch_resets: bool = field(
-        default=False,
-        metadata={"help": "a model's collection: seeded env resets (~0.15 s each) made ahead in a helper process, "
-                          "from the start (while the model loads)"},
-    )
 
     def __post_init__(self) -> None:
         if self.episodes < 0:
@@ -163,7 +171,7 @@ class ReflectArguments(ObservationArguments):
 
 
 @dataclass
-class EvaluateArguments(PolicyArguments, EnvArguments):
+class EvaluateArguments(LoggingArguments, PolicyArguments, EnvArguments):
     """evaluate.py: play held-out seeds under the v5 protocol and write results.json."""
 
     episodes: int = field(default=10, metadata={"help": "evaluation episodes (seeds 1,000,000 + i: never collected)"})
@@ -173,8 +181,11 @@ class EvaluateArguments(PolicyArguments, EnvArguments):
     num_envs: int = field(default=8, metadata={"help": "environments stepped as one batch"})
     seed: int = field(default=0, metadata={"help": "seed of the policy's sampling (the env seeds are fixed)"})
     output_dir: str = field(default="data/eval", metadata={"help": "where results.json and the video go"})
-    video: bool = field(default=True, metadata={"help": "save an animated GIF of the first episode"})
-    video_max_frames: int = field(default=600, metadata={"help": "frames kept in the GIF (every k-th frame)"})
+    video: bool = field(default=True, metadata={"help": "save animated GIFs (action, oracle's action, score drawn)"})
+    video_episodes: str = field(
+        default="0", metadata={"help": "episodes filmed: numbers like 0,3, or all (results.json's video: the first)"}
+    )
+    video_max_frames: int = field(default=600, metadata={"help": "frames kept per GIF (every k-th step)"})
     probe: str | None = field(
         default=None, metadata={"help": "vision: also run the vision probe (can the model see the ball?)"}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,75 +34,146 @@ def oracle_agreement_stats(game: Game, episodes: list[EpisodeRecord]) -> tuple[f
     In Pong, agreement while the ball comes toward the player is the part that wins or loses points;
     while it goes away, "drift back to the middle" is easy.
     """
+    return agreement_from_steps(game, [episode_oracle(game, e) for e in episodes])
+
+
+def episode_oracle(game: Game, episode: EpisodeRecord) -> dict:
+    """One episode's per-step oracle actions, agreement and phases (empty lists where the game has no oracle
+    or no phases): small enough to gather from every process."""
     if not game.has_oracle:
+        return {"oracle_actions": None, "agrees": [], "phases": []}
+    decisions = decide_batch(game.oracle(), [s.ram for s in episode.steps], [s.prev_ram for s in episode.steps])
+    agrees = [game.same_class(s.decision.action, d.action) for s, d in zip(episode.steps, decisions, strict=True)]
+    phases = [game.phase(s.ram, s.prev_ram) for s in episode.steps] if game.phases else []
+    return {"oracle_actions": [d.action for d in decisions], "agrees": agrees, "phases": phases}
+
+
+def agreement_from_steps(game: Game, per_episode: list[dict]) -> tuple[float | None, dict | None]:
+    """``oracle_agreement_stats`` from ``episode_oracle``'s records."""
+    agrees = [a for e in per_episode for a in e["agrees"]]
+    if not game.has_oracle or not agrees:
         return None, None
-    oracle = game.oracle()
-    per_step = []
-    for episode in episodes:
-        decisions = decide_batch(oracle, [s.ram for s in episode.steps], [s.prev_ram for s in episode.steps])
-        per_step += [game.same_class(s.decision.action, d.action)
-                     for s, d in zip(episode.steps, decisions, strict=True)]
-    if not per_step:
-        return None, None
-    overall = sum(per_step) / len(per_step)
+    overall = sum(agrees) / len(agrees)
     if not game.phases:
         return overall, None
-    phases = [game.phase(s.ram, s.prev_ram) for e in episodes for s in e.steps]
-    return overall, agreement_by_phase(per_step, phases, game.phases)
+    return overall, agreement_by_phase(agrees, [p for e in per_episode for p in e["phases"]], game.phases)
 
 
-def save_gif(frames: list[np.ndarray], path: Path, max_frames: int, fps: int = 15) -> Path:
-    """An animated GIF of an episode, every k-th frame so it stays under ``max_frames``."""
-    stride = max(1, -(-len(frames) // max_frames))
-    images = [Image.fromarray(f) for f in frames[::stride]]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps),
-                   loop=0, optimize=True)
-    return path
+def write_episode_video(episode: EpisodeRecord, oracle: dict, path: Path, max_frames: int,
+                        game: Game | None = None) -> list[np.ndarray]:
+    """The episode's GIF: scaled up, with the step, the score, the action and the oracle's action drawn.
+    Returns the rendered frames."""
+    from vlmrl.video import render_episode, save_gif
+
+    frames = [_decoded(s.frame) for s in episode.steps]
+    rendered = render_episode(frames, [s.decision.action for s in episode.steps], [s.reward for s in episode.steps],
+                              oracle["oracle_actions"], oracle["agrees"] or None, max_frames=max_frames,
+                              label=f"episode {episode.episode_id}   ", name=_action_namer(game))
+    save_gif(rendered, path)
+    return rendered
+
+
+def _action_namer(game: Game | None):
+    """Action names with what they do where the game says (Pong's RIGHT moves the paddle up)."""
+    if game is None or not game.action_classes:
+        return str
+    return lambda action: f"{action} ({game.action_class(action)})" if action.upper() in game.action_classes \
+        else action
+
+
+def _decoded(frame) -> np.ndarray:
+    """A kept frame: PNG-encoded in the background while playing (many episodes' frames fit in memory)."""
+    if isinstance(frame, np.ndarray):
+        return frame
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(frame.png())).convert("RGB"))
 
 
 def evaluate(args: EvaluateArguments) -> dict:
-    """Plays ``args.episodes`` held-out episodes and writes ``results.json`` (and a GIF) to the output dir."""
-    output_dir = ensure_writable(args.output_dir)
+    """Plays ``args.episodes`` held-out episodes and writes ``results.json`` (and GIFs) to the output dir.
+
+    Under ``accelerate launch`` (CPU or GPU) each process plays its share of the episodes; the main
+    process gathers returns and agreement and writes the one results.json. Returns the results on
+    every process.
+    """
+    from vlmrl.collection import ShardWriter
+    from vlmrl.distributed import gather, my_share, process_state
+    from vlmrl.tracking import Tracker, logging_dir
+    from vlmrl.video import video_episode_ids
+
+    state = process_state()
+    output_dir = Path(args.output_dir)
+    if state.is_main_process:
+        ensure_writable(output_dir)
+    state.wait_for_everyone()
     game = get_game(args.game)
     seeds = eval_seeds(args.episodes)
+    filmed = video_episode_ids(args.video_episodes, args.episodes) if args.video else set()
+    jobs = my_share(list(enumerate(seeds)), state)
+    tracker = Tracker(args.report_to, logging_dir(args.logging_dir, output_dir / "tensorboard"),
+                      run_name=f"evaluate-{output_dir.name}", config=asdict(args),
+                      process_index=state.process_index, num_processes=state.num_processes)
     batch = AtariBatch(game.id, args.num_envs, frameskip=args.frameskip,
                        repeat_action_probability=args.repeat_action_probability)
+    encoder = ShardWriter()  # its background thread PNG-encodes the filmed episodes' frames
     try:
-        policy = build_policy(args, game, batch.action_names, seed=args.seed)
+        policy = build_policy(args, game, batch.action_names, seed=args.seed + state.process_index)
         start = time.perf_counter()
         episodes = list(
-            play_episodes(policy, batch, list(enumerate(seeds)), max_steps=args.max_steps,
-                          keep_frames={0} if args.video else False, progress=args.progress, desc="evaluate")
+            play_episodes(policy, batch, jobs, max_steps=args.max_steps, keep_frames=filmed,
+                          on_frames=encoder.encode_frames if filmed else None,
+                          progress=args.progress and state.is_local_main_process, desc="evaluate",
+                          on_episode=lambda e, steps: tracker.episode("eval", e.episode_return, len(e.steps), steps))
         )
         wall = time.perf_counter() - start
+        encoder.close()
+        oracle = {e.episode_id: episode_oracle(game, e) for e in episodes}
+        videos = {}
+        for e in sorted(episodes, key=lambda e: e.episode_id):
+            if e.episode_id in filmed:
+                path = output_dir / f"episode_{e.episode_id:03d}.gif"
+                rendered = write_episode_video(e, oracle[e.episode_id], path, args.video_max_frames, game)
+                tracker.video("eval/video", rendered, step=e.episode_id)  # one card, a slider over episodes
+                videos[e.episode_id] = str(path)
+    except BaseException:
+        tracker.close()
+        raise
     finally:
+        encoder.close(raise_errors=False)
         batch.close()
-    episodes.sort(key=lambda e: e.episode_id)
-    steps = sum(len(e.steps) for e in episodes)
-    video = None
-    if args.video:
-        video = str(save_gif([s.frame for s in episodes[0].steps], output_dir / "episode.gif", args.video_max_frames))
-    agreement, agreement_split = oracle_agreement_stats(game, episodes)
+    mine = [(e.episode_id, e.episode_return, len(e.steps), e.invalid_steps, oracle[e.episode_id]) for e in episodes]
+    gathered = gather({"episodes": mine, "videos": videos, "wall": wall}, state)
+    played = sorted((row for part in gathered for row in part["episodes"]), key=lambda row: row[0])
+    videos = {k: v for part in gathered for k, v in part["videos"].items()}
+    steps = sum(row[2] for row in played)
+    agreement, agreement_split = agreement_from_steps(game, [row[4] for row in played])
     results = build_results(
         model=policy.model_name,
         game=args.game,
         policy=args.policy,
         seeds=seeds,
-        returns=[e.episode_return for e in episodes],
+        returns=[row[1] for row in played],
         oracle_agreement=agreement,
         oracle_agreement_by_phase=agreement_split,
-        invalid_rate=sum(e.invalid_steps for e in episodes) / steps,
+        invalid_rate=sum(row[3] for row in played) / steps,
         env_steps=steps,
-        steps_per_s=steps / wall,
-        video=video,
+        steps_per_s=steps / max(part["wall"] for part in gathered),
+        video=videos[min(videos)] if videos else None,
+        videos=[videos[k] for k in sorted(videos)] if videos else None,
     )
-    write_results(output_dir / RESULTS, results)
+    if state.is_main_process:
+        write_results(output_dir / RESULTS, results)
+        tracker.log({f"eval/{key}": results[key] for key in ("mean_return", "oracle_agreement", "invalid_rate",
+                                                            "steps_per_s") if results[key] is not None}, steps)
+    tracker.close()
     card = Path(args.model or "") / "README.md"
-    if args.policy == "model" and card.exists() and meta_path(card.parent, TRAIN_MANIFEST).exists():
+    if (state.is_main_process and args.policy == "model" and card.exists()
+            and meta_path(card.parent, TRAIN_MANIFEST).exists()):
         from vlmrl.cards import add_eval_results_to_card
 
         add_eval_results_to_card(card, results)
-    if args.probe == "vision":
+    if args.probe == "vision" and state.is_main_process:
         from vlmrl.probe import run_vision_probe
 
         if args.policy != "model":

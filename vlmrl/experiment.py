@@ -141,8 +141,8 @@ def _flags(overrides: dict, **names: str) -> list[str]:
 def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dict) -> None:
     cmd = phase_command(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=overrides)
     env = dict(os.environ)
-    if phase == "train":  # the Trainer's TensorBoard callback reads its folder from here
-        env["TENSORBOARD_LOGGING_DIR"] = str(exp_dir / "tensorboard" / f"train_{k}")
+    if phase != "reflect":  # the Trainer's TensorBoard callback reads its folder from here, and so do collect/evaluate
+        env["TENSORBOARD_LOGGING_DIR"] = str(exp_dir / "tensorboard" / f"{phase}_{k}")
     print("+ " + shlex.join(cmd), flush=True)
     result = subprocess.run(cmd, check=False, env=env)
     if result.returncode != 0:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
 
         summary = summarize(exp_dir, args.recipe)
         print(format_table(summary))
-        print(f"\nplot: {exp_dir / 'learning_curve.png'}")
+        print(f"\nplot: {exp_dir / 'learning_curve.png'}\nreport: {exp_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
     return summary
 
 
-# Settings that name where a run's files are, not how it ran: two seeds differ in none of the others.
-_WHERE = ("output_dir", "progress", "push_to_hub", "prefetch_resets", "num_envs")
+# Settings that name where a run's files are, not how it ran: two seeds differ in none of the others
+# (prefetch_resets, removed, stays here so that older runs' records compare equal to newer ones).
+_WHERE = ("output_dir", "progress", "push_to_hub", "prefetch_resets", "num_envs", "report_to", "logging_dir")
 
 
 def run_settings(exp_dir: Path) -> dict:
@@ -71,45 +72,77 @@ def run_settings(exp_dir: Path) -> dict:
 
 
 def summarize(exp_dir: Path, recipe: str | Path) -> dict:
-    """Writes experiment_summary.json, the learning-curve PNG and TensorBoard scalars."""
+    """Writes experiment_summary.json, the learning-curve PNG, TensorBoard scalars and report.html."""
     summary = build_summary(exp_dir, recipe)
     write_json(exp_dir / "experiment_summary.json", summary)
     game = recipe_settings(recipe)["game"]
     if summary["iterations"]:
-        plot_learning_curve(summary, reference_results(game), exp_dir / "learning_curve.png")
+        references = reference_results(game)
+        plot_learning_curve(summary, references, exp_dir / "learning_curve.png")
         write_tensorboard(summary, exp_dir / "tensorboard" / "loop")
+        from vlmrl.report_page import write_report_page
+
+        write_report_page(exp_dir, summary, references)
     return summary
 
 
 def plot_learning_curve(summary: dict, references: dict[str, dict], path: Path) -> Path:
-    """Mean eval return (95% CI) per iteration and against agent steps collected."""
+    """Eval return (95% CI) and oracle agreement against agent steps collected, each point labelled with its
+    iteration, the random and oracle policies as reference lines; whole-number ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     its = summary["iterations"]
-    x_iter = [e["iteration"] for e in its]
-    x_steps = [e.get("env_steps_total", 0) for e in its]
+    steps = [e.get("env_steps_total", 0) for e in its]
     mean = [e["eval"]["mean_return"] for e in its]
     low = [e["eval"]["mean_return"] - e["eval"]["ci95"][0] for e in its]
     high = [e["eval"]["ci95"][1] - e["eval"]["mean_return"] for e in its]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, xs, label in ((axes[0], x_iter, "iteration"), (axes[1], x_steps, "agent steps collected")):
-        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=3, label=f"vlmrl ({summary['experiment']})")
-        for policy, style in (("random", ":"), ("oracle", "--")):
-            if policy in references:
-                ax.axhline(references[policy]["mean_return"], linestyle=style, color="grey",
-                           label=f"{policy} policy ({references[policy]['mean_return']:+.1f})")
-        ax.set_xlabel(label)
-        ax.set_ylabel("mean eval return (95% CI)")
+    agreement = [e["eval"].get("oracle_agreement") for e in its]
+    toward = [_toward(e["eval"]) for e in its]
+    fig, (ax_return, ax_agree) = plt.subplots(1, 2, figsize=(11, 4))
+    name = summary["experiment"]
+    ax_return.errorbar(steps, mean, yerr=[low, high], marker="o", capsize=3, label=f"vlmrl ({name})")
+    ax_return.set_ylabel("mean eval return (95% CI)")
+    if any(a is not None for a in agreement):
+        ax_agree.plot(*_present(steps, agreement), marker="o", label="all steps")
+    if any(t is not None for t in toward):
+        ax_agree.plot(*_present(steps, toward), marker="s", linestyle="--", label="ball coming toward you")
+    ax_agree.set_ylabel("oracle agreement")
+    ax_agree.set_ylim(-0.02, 1.02)
+    for policy, style in (("random", ":"), ("oracle", "--")):
+        ref = references.get(policy)
+        if ref is None:
+            continue
+        ax_return.axhline(ref["mean_return"], linestyle=style, color="grey",
+                          label=f"{policy} policy ({ref['mean_return']:+.1f})")
+        if ref.get("oracle_agreement") is not None:
+            ax_agree.axhline(ref["oracle_agreement"], linestyle=style, color="grey",
+                             label=f"{policy} policy ({ref['oracle_agreement']:.2f})")
+    for ax, values in ((ax_return, mean), (ax_agree, agreement)):
+        for e, x, y in zip(its, steps, values, strict=True):
+            if y is not None:
+                ax.annotate(f"it {e['iteration']}", (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        ax.set_xlabel("agent steps collected")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{summary['experiment']}: eval return")
+        ax.legend(fontsize=8)
+    ax_return.set_title("eval return")
+    ax_agree.set_title("agreement with the oracle")
+    fig.suptitle(f"{name}: learning curves")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _present(xs: list, ys: list) -> tuple[list, list]:
+    """The points whose value exists (records written before a metric existed lack it)."""
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    return [x for x, _ in kept], [y for _, y in kept]
 
 
 def write_tensorboard(summary: dict, log_dir: Path) -> None:
@@ -135,26 +168,31 @@ def write_tensorboard(summary: dict, log_dir: Path) -> None:
                 writer.add_scalar("train/loss", train["train_loss"], k)
 
 
-def format_table(summary: dict) -> str:
-    """The per-iteration table ``make report`` prints (markdown)."""
-    rows = [
-        "| iteration | agent steps | trial return | reflected | reflection acc. | train loss | eval return (95% CI) "
-        "| oracle agreement | agreement, ball toward you | invalid |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+TABLE_HEADER = ("iteration", "agent steps", "trial return", "reflected", "reflection acc.", "train loss",
+                "eval return (95% CI)", "oracle agreement", "agreement, ball toward you", "invalid")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """The per-iteration table's cells (``TABLE_HEADER``'s columns): what ``make report`` prints and
+    report.html shows."""
+    rows = []
     for e in summary["iterations"]:
         ev, trial = e["eval"], e.get("trial") or {}
         refl, train = e.get("reflection") or {}, e.get("train") or {}
-        acc = refl.get("accuracy")
-        agreement = ev.get("oracle_agreement")
-        rows.append(
-            f"| {e['iteration']} | {e.get('env_steps_total', 0)} | "
-            f"{_fmt(trial.get('mean_return'), '+.2f')} | {refl.get('reflected', '-')} | {_fmt(acc, '.3f')} | "
-            f"{_fmt(train.get('train_loss'), '.3f')} | "
-            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}) "
-            f"| {_fmt(agreement, '.3f')} | {_fmt(_toward(ev), '.3f')} | {ev['invalid_rate']:.1%} |"
-        )
-    return "\n".join(rows)
+        rows.append([
+            str(e["iteration"]), f"{e.get('env_steps_total', 0):,}", _fmt(trial.get("mean_return"), "+.2f"),
+            str(refl.get("reflected", "-")), _fmt(refl.get("accuracy"), ".3f"), _fmt(train.get("train_loss"), ".3f"),
+            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f})",
+            _fmt(ev.get("oracle_agreement"), ".3f"), _fmt(_toward(ev), ".3f"), f"{ev['invalid_rate']:.1%}",
+        ])
+    return rows
+
+
+def format_table(summary: dict) -> str:
+    """The per-iteration table ``make report`` prints (markdown)."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    return "\n".join(lines)
 
 
 def _toward(ev: dict) -> float | None:

@@ -70,7 +70,7 @@ RESULTS_KEYS: tuple[str, ...] = (
     "video",
 )
 # Keys a results.json may hold beyond the required ones (older records lack them).
-OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase",)
+OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase", "videos")
 
 # Collections seed episode i of a run with seed + i, seeds below this: evaluation never reuses them.
 EVAL_SEED_OFFSET = 1_000_000
@@ -98,31 +98,24 @@ def human_normalized(game_id: str, mean_return: float) -> float | None:
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the mean of `values`."""
+    """Percentile-bootstrap confidence interval of the mean of ``values`` (``scipy.stats.bootstrap``).
+
+    Percentile rather than BCa: with 10 episodes of Pong returns are often tied or constant, where
+    BCa's acceleration estimate is undefined and scipy returns NaN; the percentile interval is the
+    one rliable and the Atari-100k tables report.
+    """
+    from scipy.stats import bootstrap
+
     data = np.asarray(values, dtype=float).ravel()
     if data.size == 0:
         raise ValueError("bootstrap_ci needs at least one value, got none")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     if data.size == 1 or np.all(data == data[0]):
-        # Every resample has the same mean: the interval is that point.
+        # Every resample has the same mean (scipy would warn of a degenerate distribution): the interval is that point.
         return float(data.mean()), float(data.mean())
-    try:
-        from scipy.stats import bootstrap
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
-        alpha = (1.0 - confidence) / 2.0
-        low, high = np.quantile(means, [alpha, 1.0 - alpha])
-        return float(low), float(high)
-    result = bootstrap(
-        (data,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
+    result = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                       method="percentile", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -157,10 +150,12 @@ def build_results(
     steps_per_s: float,
     video: str | None,
     oracle_agreement_by_phase: dict[str, dict] | None = None,
+    videos: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The results.json record of one evaluation: one return per seeded episode plus its statistics.
 
-    ``oracle_agreement_by_phase`` maps a phase of play to ``{"agreement": fraction or None, "steps": n}``.
+    ``oracle_agreement_by_phase`` maps a phase of play to ``{"agreement": fraction or None, "steps": n}``;
+    ``videos`` lists every filmed episode's GIF (``video`` is the first of them).
     """
     if len(returns) == 0:
         raise ResultsSchemaError("an evaluation needs at least one episode's return, got none")
@@ -186,6 +181,7 @@ def build_results(
         "steps_per_s": float(steps_per_s),
         "video": None if video is None else str(video),
         "oracle_agreement_by_phase": _by_phase(oracle_agreement_by_phase),
+        **({"videos": [str(v) for v in videos]} if videos else {}),
     }
 
 

@@ -78,6 +78,7 @@ def play_episodes(
     teacher_mix: float = 0.0,
     seed: int = 0,
     on_frames: Callable[[list[np.ndarray]], list] | None = None,
+    on_episode: Callable[[EpisodeRecord, int], None] | None = None,
 ) -> Iterator[EpisodeRecord]:
     """Plays each ``(episode_id, seed)`` job; yields episodes as they finish (not in job order).
 
@@ -88,13 +89,18 @@ def play_episodes(
     (DAgger's mixture): the states visited stay near the teacher's, where corrections teach most.
     ``on_frames`` is called once per agent step with that step's kept frames and returns one object
     per frame, stored as the steps' ``frame`` (collection starts their PNG encoding there, so it runs
-    in the background while the next steps play).
+    in the background while the next steps play). ``on_episode(episode, agent_steps)`` is called as each
+    episode finishes, with the agent steps played so far (live logging, CleanRL's x-axis).
+
+    The progress bar counts agent steps (episodes × ``max_steps`` where that caps them; an episode that
+    ends early takes its unplayed steps off the total) and shows the running mean return.
     """
     rng = np.random.default_rng(seed)
     frames = policy.history
     queue = list(jobs)
     slots: dict[int, _Slot] = {}
-    bar = tqdm(total=len(jobs), desc=desc, unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs) * max_steps if max_steps else None, desc=desc, unit="step", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
     returns: list[float] = []
     steps_done, start = 0, time.perf_counter()
 
@@ -128,6 +134,7 @@ def play_episodes(
                 ]
             results = batch.step({s: d.action for s, d in zip(order, decisions, strict=True)})
             steps_done += len(order)
+            bar.update(len(order))
             kept = [s for s in order if keep(slots[s].episode.episode_id)]
             seen = {s: slots[s].history.frames[-1] for s in kept}
             if on_frames is not None and kept:
@@ -151,11 +158,15 @@ def play_episodes(
                 if result.terminated or result.truncated or capped:
                     del slots[s]
                     returns.append(episode.episode_return)
-                    bar.update(1)
+                    if max_steps and bar.total:
+                        bar.total -= max_steps - len(episode.steps)  # ended early: those steps never come
                     bar.set_postfix(
-                        steps_per_s=f"{steps_done / (time.perf_counter() - start):.0f}",
+                        episodes=f"{len(returns)}/{len(jobs)}",
                         mean_return=f"{np.mean(returns):+.1f}",
+                        steps_per_s=f"{steps_done / (time.perf_counter() - start):.0f}",
                     )
+                    if on_episode is not None:
+                        on_episode(episode, steps_done)
                     yield episode
                 else:
                     slot.history.push(result.frame)

@@ -258,7 +258,11 @@ def build_tiny_model(
     recipe = _recipe(config, observation, pretrain)
     (staging / TINY_CONFIG_FILE).write_text(json.dumps({**recipe, "report": report}, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
-    write_model_card(staging, config, card_text + _card_body(recipe, report), n_params)
+    from vlmrl.cards import observation_section
+
+    body = card_text + _card_body(recipe, report) + "\n" + observation_section(observation, GAME.id,
+                                                                                model_path=str(output_dir))
+    write_model_card(staging, config, body, n_params)
     shutil.rmtree(output_dir, ignore_errors=True)
     staging.rename(output_dir)
     return output_dir

@@ -259,5 +259,6 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         write_model_card(
             output_dir, base_model=base, iteration=script_args.iteration, datasets=script_args.reflections,
             game=script_args.game, recipe=script_args.recipe, train_metrics=_card_metrics(metrics, training_args),
+            observation=observation, model_path=str(output_dir),
         )
     return metrics
