@@ -328,9 +328,12 @@ class VLMPolicy:
             tokenizer.padding_side = padding_side
         text_lens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         inputs = self._to_device(inputs)
-        logits = self.model(**inputs).logits.float()
+        # Logits only where the names are scored (their tokens, the quote, and the position before them): the
+        # full (rows, sequence, vocabulary) tensor was ~1.4 GB at the 256M shapes and batch 4, for nothing.
+        keep = max(text_lens) - prefix_len + 1
+        logits = self.model(**inputs, logits_to_keep=keep).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = inputs["input_ids"][:, 1:]
+        targets = inputs["input_ids"][:, -keep + 1 :]
         token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         scores = []
         for row, n in enumerate(text_lens):
