@@ -120,6 +120,23 @@ def test_multi_token_action_names_are_scored_in_constrained_mode(tokenizer):
     assert {d.action for d in policy.act(observations)} <= set(PONG_ACTIONS)
 
 
+def test_recipe_tile_on_a_512px_tower_loads_with_matching_image_tokens(tokenizer, tmp_path):
+    """A processor saved for the native 512-px tile (64 image tokens, as SmolVLM-256M publishes it), loaded for
+    the recipe's 384-px tile: load_processor makes the prompt's image tokens match the 36 features."""
+    from vlmrl.models import load_processor, load_vlm
+    from vlmrl.observation import ObservationConfig
+
+    shape = reduced_shape("256M")
+    model = build_model(shape, tokenizer, dtype=torch.float32)
+    model.save_pretrained(tmp_path)
+    build_processor(shape, tokenizer, tile=512).save_pretrained(tmp_path)
+    processor = load_processor(str(tmp_path), ObservationConfig(frames=1, encoding="rgb", image_size=384))
+    assert processor.image_seq_len == 36
+    inputs = processor(text=["<image>Your move?"], images=[[_frame()]], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.isfinite(load_vlm(str(tmp_path))(**inputs, logits_to_keep=1).logits).all()
+
+
 def test_memory_model_parts_add_up():
     model = memory_model(get_shape("2B"))
     p = model["parameters"]
@@ -153,7 +170,8 @@ def test_cli_help_and_user_errors(tmp_path):
     unwritable = _python("-m", "vlmrl.real_shapes", "--size", "256M", "--output-dir", str(blocker / "model"))
     assert unwritable.returncode == 2 and unwritable.stderr.strip().count("\n") == 0
     assert unwritable.stderr.startswith("error: cannot create")
-    bad_tile = _python("-m", "vlmrl.real_shapes", "--size", "256M", "--tile", "400", "--output-dir", str(tmp_path / "m"))
+    bad_tile = _python("-m", "vlmrl.real_shapes", "--size", "256M", "--tile", "400",
+                       "--output-dir", str(tmp_path / "m"))
     assert bad_tile.returncode == 2 and "pixel-shuffle" in bad_tile.stderr
 
 
