@@ -77,20 +77,35 @@ class PeakMemory:
         return round(self.peak_bytes / 1024**3, 3)
 
 
-def timed(fn, repeats: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+class Times(list):
+    """Wall seconds per call, with the process's CPU seconds per call beside them (``cpu``): on a shared CPU
+    the wall time also measures the neighbours, the CPU time much less so."""
+
+    cpu: list[float]
+
+
+def timed(fn, repeats: int, warmup: int, device: torch.device) -> Times:
+    """Wall (and CPU) seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
+    times = Times()
+    times.cpu = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        times.cpu.append(time.process_time() - cpu)
     return times
+
+
+def timing(times: Times) -> dict:
+    """The row's timing fields: median wall and CPU seconds per step, and every wall time."""
+    return {"s_per_step": round(statistics.median(times), 3), "cpu_s_per_step": round(statistics.median(times.cpu), 3),
+            "times": [round(t, 3) for t in times], "load_average": round(os.getloadavg()[0], 2)}
 
 
 def pong_frames(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -147,8 +162,7 @@ def measure_acting(model, processor, frames, args, device, decode: str) -> list[
         observations = [Observation([frames[i % len(frames)][0]], frames[i % len(frames)][1]) for i in range(batch)]
         with PeakMemory(device) as peak:
             times = timed(lambda obs=observations: policy.act(obs), args.repeats, args.warmup, device)
-        row = {"phase": "act" if decode == "constrained" else "generate", "batch": batch,
-               "s_per_step": round(statistics.median(times), 3), "times": [round(t, 3) for t in times],
+        row = {"phase": "act" if decode == "constrained" else "generate", "batch": batch, **timing(times),
                "peak_gib": peak.gib}
         if decode == "constrained":
             row["multi_token_path"] = not policy._single_token
@@ -179,8 +193,7 @@ def measure_reflection(model, processor, frames, args, device) -> list[dict]:
         ]
         with PeakMemory(device) as peak:
             times = timed(lambda it=items: reflector._generate(it, sample=False), args.repeats, args.warmup, device)
-        rows.append({"phase": "reflect", "batch": batch, "s_per_step": round(statistics.median(times), 3),
-                     "times": [round(t, 3) for t in times], "new_tokens_max": args.reflect_tokens,
+        rows.append({"phase": "reflect", "batch": batch, **timing(times), "new_tokens_max": args.reflect_tokens,
                      "peak_gib": peak.gib})
     return rows
 
@@ -234,8 +247,8 @@ def measure_training(model, processor, frames, args, device, lora: bool) -> dict
     s = statistics.median(times)
     row = {"phase": "lora" if lora else "train", "batch": args.train_batch,
            "sequence": int(batch["input_ids"].shape[1]),
-           "s_per_step": round(s, 3), "times": [round(t, 3) for t in times],
-           "samples_per_s": round(args.train_batch / s, 3), "trainable_parameters": sum(p.numel() for p in params),
+           **timing(times), "samples_per_s": round(args.train_batch / s, 3),
+           "trainable_parameters": sum(p.numel() for p in params),
            "gradient_checkpointing": args.gradient_checkpointing, "dtype": str(next(model.parameters()).dtype),
            "peak_gib": peak.gib}
     if lora:
