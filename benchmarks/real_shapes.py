@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import argparse
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -57,6 +59,12 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
+            # Hand memory freed by the previous phase back to the OS first, or it would count in this one's peak.
+            gc.collect()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
             self.peak_bytes = self.rss()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -499,7 +499,7 @@ def memory_model(shape: RealShape, *, tile: int = RECIPE_TILE, train_batch: int 
     patches = (tile // shape.patch_size) ** 2  # the tile's patches, not the tower's native count
     h, i = shape.text_hidden, shape.text_intermediate
 
-    def inference(batch: int, prompt: int, new: int, images: int, full_logits_rows: int = 0) -> dict:
+    def inference(batch: int, prompt: int, new: int, images: int, logit_positions: int = 1) -> dict:
         seq = prompt + new
         parts = {
             "weights": 2 * p,
@@ -507,7 +507,8 @@ def memory_model(shape: RealShape, *, tile: int = RECIPE_TILE, train_batch: int 
             # the largest transient: one vision layer on all patches, or one text layer's MLP on the prompt
             "activations": max(batch * images * patches * (6 * shape.vision_hidden + 2 * shape.vision_intermediate),
                                 batch * prompt * (4 * h + 6 * i)) * 2,
-            "logits": batch * shape.vocab_size * 4 * 2 + full_logits_rows * prompt * shape.vocab_size * (2 + 4 + 4),
+            # bf16 logits, their fp32 copy and the log-softmax of it
+            "logits": batch * logit_positions * shape.vocab_size * (2 + 4 + 4),
         }
         return _finish(parts, {"batch": batch, "sequence": seq})
 
@@ -516,8 +517,11 @@ def memory_model(shape: RealShape, *, tile: int = RECIPE_TILE, train_batch: int 
         "size": shape.name, "parameters": p, "parameters_by_part": counts, "tile": tile,
         "tokens": {"image_per_frame": image, **text, "train_sequence": act_prompt + text["answer"]},
         "act_generate": inference(act_batch, act_prompt, act_new_tokens, 1),
-        # the multi-token path: every (observation, action) pair one row, full fp32 logits over the prompt
-        "act_constrained": inference(act_batch, act_prompt + 4, 0, 6, full_logits_rows=act_batch * 6),
+        # The multi-token path: every (observation, action) pair is one row (the frame encoded 6 times). With
+        # logits at the scored positions only (agent.py after the logits_to_keep fix) and, for comparison,
+        # over the whole sequence as before it.
+        "act_constrained": inference(act_batch * 6, act_prompt + 4, 0, 1, logit_positions=4),
+        "act_constrained_full_logits": inference(act_batch * 6, act_prompt + 4, 0, 1, logit_positions=act_prompt + 4),
         "reflect_generate": inference(reflect_batch, text["reflection_prompt"] + 2 * image, reflect_new_tokens, 2),
     }
     seq = act_prompt + text["answer"]
