@@ -33,9 +33,21 @@ def load_processor(model: str, observation: ObservationConfig | None = None, **k
         kwargs.setdefault("size", {"longest_edge": observation.image_size})
         kwargs.setdefault("max_image_size", {"longest_edge": observation.image_size})
     try:
-        return AutoProcessor.from_pretrained(model, **kwargs)
+        processor = AutoProcessor.from_pretrained(model, **kwargs)
     except OSError as err:
         raise FileNotFoundError(f"could not load a processor from {model!r}: {err}") from None
+    if observation is not None and hasattr(processor, "image_seq_len"):
+        # A tile smaller than the vision tower's own (the recipe's 384 px on SmolVLM-256M/500M's 512-px tower)
+        # makes fewer image features than the saved image_seq_len (64) says, and Idefics3 refuses the batch.
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model)
+            patch, scale = config.vision_config.patch_size, config.scale_factor
+        except (OSError, ValueError, AttributeError):
+            return processor
+        processor.image_seq_len = (observation.image_size // patch) ** 2 // scale**2
+    return processor
 
 
 def load_vlm(model: str, device: torch.device | None = None, dtype: torch.dtype | None = None, **kwargs):
