@@ -61,7 +61,11 @@ def save_gif(frames: list[np.ndarray], path: Path, max_frames: int, fps: int = 1
 
 def evaluate(args: EvaluateArguments) -> dict:
     """Plays ``args.episodes`` held-out episodes and writes ``results.json`` (and a GIF) to the output dir."""
+    from vlmrl.results import check_results_owner, evaluation_settings, record_results_owner
+
     output_dir = ensure_writable(args.output_dir)
+    settings = evaluation_settings(args)
+    check_results_owner(output_dir, settings)  # another run's results are never overwritten
     game = get_game(args.game)
     seeds = eval_seeds(args.episodes)
     batch = AtariBatch(game.id, args.num_envs, frameskip=args.frameskip,
@@ -95,9 +99,15 @@ def evaluate(args: EvaluateArguments) -> dict:
         steps_per_s=steps / wall,
         video=video,
     )
+    if args.max_steps is not None:
+        results["max_steps"] = args.max_steps  # a capped evaluation says so: it is not the protocol's score
     write_results(output_dir / RESULTS, results)
+    record_results_owner(output_dir, settings)
     card = Path(args.model or "") / "README.md"
-    if args.policy == "model" and card.exists() and meta_path(card.parent, TRAIN_MANIFEST).exists():
+    if args.max_steps is not None:
+        print(f"note: episodes capped at {args.max_steps} steps: not the full protocol, so the model card is left "
+              "as it is")
+    elif args.policy == "model" and card.exists() and meta_path(card.parent, TRAIN_MANIFEST).exists():
         from vlmrl.cards import add_eval_results_to_card
 
         add_eval_results_to_card(card, results)
