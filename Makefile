@@ -32,6 +32,11 @@ SAMPLE_BUDGET ?=
 SEED ?=
 HUB ?=
 LAUNCH ?=
+# FORCE=1: knobs that differ from those a finished phase ran with are reported, not refused; what ran is kept
+# and what is left runs with the new knobs. Without it such a run is refused (use a new EXP instead).
+FORCE ?=
+# Set by `experiment` for the iterations it runs: the knobs were checked once, up front.
+CHECKED ?=
 
 # PORTABLE=1: every phase (and the tiny model's build) on the CPU's baseline kernels, the same floating-point
 # results on any x86-64 machine at about twice the CPU time (see vlmrl/__init__.py).
@@ -49,6 +54,10 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
+# Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,
+# before any phase runs: a bad knob of a late phase is refused before collection starts.
+CHECK = $(PY) -m vlmrl.experiment check --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES) \
+	$(if $(FORCE),--force)
 # The tiny recipe's base model is built here; other recipes' come from the Hub.
 BASE_DEP ?= $(if $(findstring tiny-smolvlm,$(RECIPE)),$(TINY_MODEL)/config.json)
 prev = $(shell echo $$(($(1)-1)))
@@ -105,11 +114,15 @@ $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json: $(EXP_DIR)/iteration_%/ref
 $(EXP_DIR)/iteration_%/results.json: $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json
 	$(PHASE) evaluate --iteration $*
 
-iteration: $(EXP_DIR)/iteration_$(N)/results.json
+iteration: $(BASE_DEP) | $(STAMP)
+	$(if $(CHECKED),,$(CHECK) --iterations '$(N)')
+	@$(MAKE) --no-print-directory $(EXP_DIR)/iteration_$(N)/results.json CHECKED=1
 	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
-experiment: $(EXP_DIR)/iteration_0/results.json
-	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k || exit $$?; done
+experiment: $(BASE_DEP) | $(STAMP)
+	$(CHECK) --iterations '$(ITERATIONS)' --base-eval
+	@$(MAKE) --no-print-directory $(EXP_DIR)/iteration_0/results.json CHECKED=1
+	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k CHECKED=1 || exit $$?; done
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 report: | $(STAMP)

@@ -6,5 +6,11 @@
 from vlmrl.cli import parse, run
 from vlmrl.rl_baseline import BaselineConfig, main
 
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default: sys.argv) parsed and run; a user's mistake is one line and exit 2."""
+    run(lambda: main(*parse((BaselineConfig,), argv, prog="baselines.py")))
+
+
 if __name__ == "__main__":
-    run(lambda: main(*parse((BaselineConfig,))))
+    cli()

@@ -25,5 +25,10 @@ def main(args: CollectArguments) -> dict:
     return summary
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default: sys.argv) parsed and run; a user's mistake is one line and exit 2."""
+    run(lambda: main(*parse((CollectArguments,), argv, prog="collect.py")))
+
+
 if __name__ == "__main__":
-    run(lambda: main(*parse((CollectArguments,))))
+    cli()

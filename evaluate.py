@@ -23,12 +23,19 @@ def main(args: EvaluateArguments) -> dict:
             if isinstance(score, dict) and "accuracy" in score:
                 print(f"probe {question}: accuracy {score['accuracy']:.3f} (chance {score['chance']:.3f})")
     print(f"results written to {args.output_dir}/results.json")
-    if args.push_to_hub:
+    if args.push_to_hub and args.max_steps is not None:
+        print(f"note: not pushed to {args.push_to_hub}: a capped evaluation (--max-steps) is not the protocol's score")
+    elif args.push_to_hub:
         from vlmrl.hub import push_eval_results
 
         push_eval_results(args.push_to_hub, f"{args.output_dir}/results.json", revision=args.hub_revision)
     return results
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default: sys.argv) parsed and run; a user's mistake is one line and exit 2."""
+    run(lambda: main(*parse((EvaluateArguments,), argv, prog="evaluate.py")))
+
+
 if __name__ == "__main__":
-    run(lambda: main(*parse((EvaluateArguments,))))
+    cli()

@@ -21,5 +21,10 @@ def main(args: ReflectArguments) -> dict:
     return summary
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default: sys.argv) parsed and run; a user's mistake is one line and exit 2."""
+    run(lambda: main(*parse((ReflectArguments,), argv, prog="reflect.py")))
+
+
 if __name__ == "__main__":
-    run(lambda: main(*parse((ReflectArguments,))))
+    cli()

@@ -27,5 +27,11 @@ def main(script_args: TrainScriptArguments, training_args: SFTConfig, model_args
     return metrics
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: ``argv`` (default: sys.argv) parsed and run; a user's mistake is one line and exit 2."""
+    run(lambda: main(*parse((TrainScriptArguments, SFTConfig, ModelConfig), argv, defaults=cpu_defaults(),
+                                prog="train.py")))
+
+
 if __name__ == "__main__":
-    run(lambda: main(*parse((TrainScriptArguments, SFTConfig, ModelConfig), defaults=cpu_defaults())))
+    cli()

@@ -108,8 +108,8 @@ def test_eval_seeds_are_disjoint_from_collection_seeds():
 
 def test_build_results_has_exactly_the_schema():
     results = _results()
-    assert tuple(results) == RESULTS_KEYS + ("oracle_agreement_by_phase",)  # "videos" only where some were filmed
-    assert set(OPTIONAL_RESULTS_KEYS) == {"oracle_agreement_by_phase", "videos"}
+    assert tuple(results) == RESULTS_KEYS + ("oracle_agreement_by_phase",)  # no videos, uncapped
+    assert set(OPTIONAL_RESULTS_KEYS) == {"oracle_agreement_by_phase", "videos", "max_steps"}
     assert results["episodes"] == 3
     assert results["mean_return"] == pytest.approx(-20.0)
     assert results["std_return"] == pytest.approx(np.std([-21.0, -19.0, -20.0]))

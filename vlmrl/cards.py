@@ -196,7 +196,13 @@ def _same_evaluation(a: EvalResult, b: EvalResult) -> bool:
 
 
 def merge_eval_results(card: ModelCard, results: Mapping[str, Any], *, model_name: str | None = None) -> ModelCard:
-    """Puts ``results`` in the card's model-index (replacing the game's earlier ones) and Evaluation section."""
+    """Puts ``results`` in the card's model-index (replacing the game's earlier ones) and Evaluation section.
+
+    A capped evaluation (``max_steps`` in results.json) is refused: it is not the protocol's score.
+    """
+    if results.get("max_steps") is not None:
+        raise ValueError(f"these results come from episodes capped at {results['max_steps']} steps, not the full "
+                         "protocol: they are not published in a model card (evaluate again without --max-steps)")
     new = eval_results_from(results)
     kept = [e for e in (card.data.eval_results or []) if not any(_same_evaluation(e, n) for n in new)]
     card.data.model_name = card.data.model_name or model_name or Path(str(results.get("model", "model"))).name

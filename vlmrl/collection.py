@@ -28,7 +28,9 @@ from vlmrl.data import (
     existing_shards,
     meta_path,
     png_bytes,
+    record_manifest,
     shard_dir,
+    verify_shards,
     write_dataset_card,
     write_json,
     write_shard,
@@ -184,9 +186,11 @@ def collect(args: CollectArguments) -> dict:
     state = process_state()
     game = get_game(args.game)
     output_dir = Path(args.output_dir)
-    if state.is_main_process:
+    settings = resume_settings(args)
+    if state.is_main_process:  # checked now, recorded once the policy is built: a failed start records nothing
         ensure_writable(output_dir)
-        check_manifest(output_dir, MANIFEST, resume_settings(args), "collection")
+        check_manifest(output_dir, MANIFEST, settings, "collection", record=False)
+        verify_shards(output_dir)
     state.wait_for_everyone()
 
     done = {int(name.split("-")[1]) for name in existing_shards(output_dir) if name.startswith("episode-")}
@@ -205,6 +209,8 @@ def collect(args: CollectArguments) -> dict:
     try:
         if jobs:
             policy = build_policy(args, game, batch.action_names, seed=args.seed + state.process_index)
+            if state.is_main_process:
+                record_manifest(output_dir, MANIFEST, settings)
             teacher = None
             if args.teacher_mix > 0:
                 from vlmrl.policies.oracle import OraclePolicy
@@ -214,7 +220,7 @@ def collect(args: CollectArguments) -> dict:
             for episode in play_episodes(
                 policy, batch, jobs, max_steps=args.max_steps,
                 progress=args.progress and state.is_local_main_process, desc="collect",
-                teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed + state.process_index,
+                teacher=teacher, teacher_mix=args.teacher_mix, seed=args.seed,
                 on_frames=writer.encode_frames,
                 on_episode=lambda e, steps: tracker.episode("collect", e.episode_return, len(e.steps), steps),
             ):
@@ -229,6 +235,8 @@ def collect(args: CollectArguments) -> dict:
     finally:
         batch.close()
         tracker.close()
+    if state.is_main_process and not jobs:
+        record_manifest(output_dir, MANIFEST, settings)  # nothing to play: nothing can fail to start
     elapsed = time.perf_counter() - start
     # Every process's steps and stepping time: the rate is the processes' together, over the slowest one's time.
     per_process = gather((new_steps, elapsed - setup_s, setup_s), state)

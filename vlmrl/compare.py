@@ -247,6 +247,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     }
     if "episodes" in intervals:
         lines += ["", "With a single seed the interval is over that run's evaluation episodes, not over seeds."]
+    if report.get("capped"):
+        lines += ["", "**Capped evaluations** (episodes cut at --max-steps, not the full protocol; not comparable): "
+                  + ", ".join(report["capped"])]
     thresholds = report["thresholds"]
     lines += ["", "Agent steps to first reach a mean eval return of:", ""]
     lines += ["| method | " + " | ".join(f"{t:g}" for t in thresholds) + " |", "|---" * (len(thresholds) + 1) + "|"]
@@ -353,7 +356,11 @@ def compare(
         for name, ref in (("random", _reference(random_results, game)), ("oracle", _reference(oracle_results, game)))
         if ref is not None
     }
+    # A capped evaluation (max_steps in its results) is shorter games than the protocol's: flagged, never silent.
+    capped = sorted({f"{run.method} seed {run.seed}" for run in runs for r in run.results
+                     if r.get("max_steps") is not None})
     report = {
+        "capped": capped,
         "game": game,
         "thresholds": [float(t) for t in thresholds],
         "budgets": [int(b) for b in budgets],

@@ -74,6 +74,13 @@ class PolicyArguments(ObservationArguments):
             raise ValueError(f"--decode must be constrained or generate, got {self.decode!r}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"--max-new-tokens must be >= 1 and --min-new-tokens in [0, max], got "
+                             f"{self.max_new_tokens} and {self.min_new_tokens}")
+        if self.policy == "model":
+            from vlmrl.models import check_model_reference
+
+            check_model_reference(self.model)  # a missing model is found before anything is written
         self.observation_config(self.model if self.policy == "model" else None)  # validates now, before any work
 
 
@@ -167,7 +174,23 @@ class ReflectArguments(ObservationArguments):
             raise ValueError(f"--max-reflections must be >= 0, got {self.max_reflections}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.retries < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"--retries must be >= 0 and --max-new-tokens >= 1, got {self.retries} and "
+                             f"{self.max_new_tokens}")
+        check_reflector_spec(self.reflector)  # even when no step is selected: a typo is never accepted
         self.observation_config(self.model)
+
+
+def check_reflector_spec(spec: str) -> None:
+    """Refuses a ``--reflector`` that names no reflector, and a ``model:`` path that does not exist."""
+    if spec in ("self", "oracle"):
+        return
+    if spec.startswith("model:") and len(spec) > len("model:"):
+        from vlmrl.models import check_model_reference
+
+        check_model_reference(spec[len("model:"):])
+        return
+    raise ValueError(f"unknown reflector {spec!r}: use self, oracle or model:<path or Hub id>")
 
 
 @dataclass
@@ -205,4 +228,9 @@ class EvaluateArguments(LoggingArguments, PolicyArguments, EnvArguments):
             raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
         if self.probe not in (None, "vision"):
             raise ValueError(f"--probe must be vision (or unset), got {self.probe!r}")
+        if self.probe == "vision" and self.policy != "model":
+            raise ValueError("--probe vision needs a model (--policy model --model ...)")
+        if self.probe_frames < 1 or self.video_max_frames < 1:
+            raise ValueError(f"--probe-frames and --video-max-frames must be >= 1, got {self.probe_frames} and "
+                             f"{self.video_max_frames}")
         self.validate_policy()

@@ -112,7 +112,9 @@ def write_shard(dataset_dir: str | Path, name: str, rows: list[dict[str, Any]] |
     final = directory / f"{name}.parquet"
     tmp = directory / f".{name}.parquet.tmp"
     if isinstance(rows, pa.Table):
-        pq.write_table(rows.cast(features.arrow_schema), str(tmp))
+        # Page checksums let a resumed run tell a shard damaged on disk from a good one (verify_shards).
+        pq.write_table(rows.cast(features.arrow_schema), str(tmp), write_page_checksum=True)
+        _record_digest(dataset_dir, name, tmp)
         os.replace(tmp, final)
         return final
     with _quiet_datasets():
@@ -120,8 +122,27 @@ def write_shard(dataset_dir: str | Path, name: str, rows: list[dict[str, Any]] |
         table = Dataset.from_list(rows, features=features) if rows else Dataset.from_dict(
             {name: [] for name in features}, features=features)
         table.to_parquet(str(tmp))
+    _record_digest(dataset_dir, name, tmp)
     os.replace(tmp, final)
     return final
+
+
+def _digest_path(dataset_dir: str | Path, name: str) -> Path:
+    return meta_path(dataset_dir, "digests") / f"{name}.sha256"
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _record_digest(dataset_dir: str | Path, name: str, path: Path) -> None:
+    # Written before the shard's rename: a shard on disk always has its digest, so any later change to its
+    # bytes (a disk fault, a partial copy) is found at resume, wherever in the file it is.
+    digest = _digest_path(dataset_dir, name)
+    digest.parent.mkdir(parents=True, exist_ok=True)
+    digest.write_text(_sha256(path) + "\n")
 
 
 @contextmanager
@@ -146,6 +167,68 @@ def existing_shards(dataset_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.parquet"))
 
 
+def repair_command(dataset_dir: str | Path) -> str:
+    """The one command that drops a dataset's unreadable shards, so the phase that wrote them redoes them."""
+    return f"python -m vlmrl.data repair {dataset_dir}"
+
+
+def shard_problem(path: str | Path) -> str | None:
+    """Why a parquet shard cannot be read back whole (truncated, damaged, or not parquet), or None when it can.
+
+    Every page is decompressed and, where the writer stored them, its checksum verified: a shard damaged
+    in the middle fails here instead of in a later phase with an error that names no file.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    digest = _digest_path(path.parent.parent, path.stem)
+    if digest.exists() and digest.read_text().strip() != _sha256(path):
+        return "its bytes differ from those written (checksum)"
+    try:
+        expected = pq.read_metadata(str(path)).num_rows
+        table = pq.read_table(str(path), page_checksum_verification=True)
+        if table.num_rows != expected:
+            return f"{table.num_rows} rows of {expected}"
+        for column in table.columns:  # touch every value (a damaged binary page may decode without error)
+            column.validate(full=True)
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, the answer is "unreadable"
+        return " ".join(str(err).split())[:160] or type(err).__name__
+    return None
+
+
+def verify_shards(dataset_dir: str | Path) -> None:
+    """Refuses a dataset folder holding shards that cannot be read, naming them and the repair command."""
+    bad = [(p, shard_problem(p)) for p in sorted(shard_dir(dataset_dir).glob("*.parquet"))]
+    bad = [(p, why) for p, why in bad if why is not None]
+    if bad:
+        names = ", ".join(f"{p.name} ({why})" for p, why in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3
+                                                                         else "")
+        raise ValueError(f"{dataset_dir} holds unreadable shards: {names}; run `{repair_command(dataset_dir)}` to "
+                         "drop them, then the same command again to redo them")
+
+
+def repair(dataset_dir: str | Path) -> list[str]:
+    """Deletes the unreadable shards of a dataset folder (and crashed runs' temp files); returns their names.
+
+    The phase that wrote the folder then redoes exactly those units of work on its next run.
+    """
+    directory = shard_dir(dataset_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{dataset_dir} holds no dataset (no {directory})")
+    dropped = []
+    for path in sorted(directory.glob("*.parquet")):
+        if shard_problem(path) is not None:
+            path.unlink()
+            _digest_path(dataset_dir, path.stem).unlink(missing_ok=True)
+            dropped.append(path.name)
+    for tmp in directory.glob(".*.tmp"):
+        tmp.unlink()
+    summary = meta_path(dataset_dir, "summary.json")
+    if dropped and summary.exists():
+        summary.unlink()  # the folder is no longer finished: the Makefile must run its phase again
+    return dropped
+
+
 def write_dataset_card(dataset_dir: str | Path, *, title: str, body: str, tags: list[str] | None = None) -> None:
     """The dataset's card (what the data is); see the module docstring for why it names no configs."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -163,6 +246,7 @@ def load_table(dataset_dir: str | Path) -> Dataset:
     files = sorted(str(p) for p in shard_dir(dataset_dir).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no dataset shards under {shard_dir(dataset_dir)}")
+    verify_shards(dataset_dir)
     if sum(pq.read_metadata(f).num_rows for f in files) == 0:
         raise ValueError(f"the dataset at {dataset_dir} is empty (its shards hold no rows)")
 
@@ -230,12 +314,28 @@ def ensure_writable(directory: str | Path) -> Path:
     return directory
 
 
-def check_manifest(output_dir: Path, name: str, settings: dict[str, Any], what: str) -> None:
-    """Refuses to resume into a folder made with other settings; records the settings otherwise."""
+def changed_settings(previous: dict[str, Any], settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs, as ``{key: (recorded, given)}``. A key the record lacks (written by older code)
+    is not compared: nothing says what it was."""
+    return {k: (previous[k], v) for k, v in settings.items() if k in previous and previous[k] != v}
+
+
+def check_manifest(output_dir: Path, name: str, settings: dict[str, Any], what: str, record: bool = True) -> None:
+    """Refuses to resume into a folder made with other settings; records the settings otherwise.
+
+    With ``record=False`` it only checks: a phase checks first and records (``record_manifest``) once it has
+    really started (its model loaded, its inputs read), so a run that fails on a mistake leaves no record
+    and the corrected command is not refused.
+    """
     manifest = meta_path(output_dir, name)
     if manifest.exists():
-        previous = json.loads(manifest.read_text())
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        try:
+            previous = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if not isinstance(previous, dict):
+            raise ValueError(f"{manifest} is damaged; delete it (the folder's shards are kept) and run again")
+        changed = changed_settings(previous, settings)
         if changed:
             details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise ValueError(
@@ -244,4 +344,37 @@ def check_manifest(output_dir: Path, name: str, settings: dict[str, Any], what: 
             )
     elif existing_shards(output_dir):
         raise ValueError(f"{output_dir} already holds dataset shards of unknown origin; use another --output-dir")
+    if record:
+        record_manifest(output_dir, name, settings)
+
+
+def record_manifest(output_dir: Path, name: str, settings: dict[str, Any]) -> None:
+    """Records the settings a later run must share to resume ``output_dir`` (kept when already there)."""
+    manifest = meta_path(output_dir, name)
+    if manifest.exists():
+        previous = json.loads(manifest.read_text())
+        settings = {**settings, **previous}  # a resumed run keeps the first record (check_manifest compared them)
     write_json(manifest, settings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vlmrl.data repair <folder>``: drop a dataset's unreadable shards so they are redone."""
+    from vlmrl.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m vlmrl.data", description="Dataset folder maintenance.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fix = sub.add_parser("repair", help="delete unreadable shards; the phase that wrote them redoes them")
+    fix.add_argument("folder", help="a dataset folder written by collect.py or reflect.py")
+    args = parser.parse_args(argv)
+    dropped = repair(args.folder)
+    if dropped:
+        print(f"dropped {len(dropped)} unreadable shard(s) from {args.folder}: {', '.join(dropped)}; "
+              "run the phase's command again to redo them")
+    else:
+        print(f"{args.folder}: every shard reads back whole; nothing to repair")
+
+
+if __name__ == "__main__":
+    from vlmrl.cli import run
+
+    run(main)

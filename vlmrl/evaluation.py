@@ -95,17 +95,20 @@ def evaluate(args: EvaluateArguments) -> dict:
 
     Under ``accelerate launch`` (CPU or GPU) each process plays its share of the episodes; the main
     process gathers returns and agreement and writes the one results.json. Returns the results on
-    every process.
+    every process. Another run's results are never overwritten.
     """
     from vlmrl.collection import ShardWriter
     from vlmrl.distributed import gather, my_share, process_state
+    from vlmrl.results import check_results_owner, evaluation_settings, record_results_owner
     from vlmrl.tracking import Tracker, logging_dir
     from vlmrl.video import video_episode_ids
 
     state = process_state()
     output_dir = Path(args.output_dir)
+    settings = evaluation_settings(args)
     if state.is_main_process:
         ensure_writable(output_dir)
+        check_results_owner(output_dir, settings)  # another run's results are never overwritten
     state.wait_for_everyone()
     game = get_game(args.game)
     seeds = eval_seeds(args.episodes)
@@ -162,13 +165,20 @@ def evaluate(args: EvaluateArguments) -> dict:
         video=videos[min(videos)] if videos else None,
         videos=[videos[k] for k in sorted(videos)] if videos else None,
     )
+    if args.max_steps is not None:
+        results["max_steps"] = args.max_steps  # a capped evaluation says so: it is not the protocol's score
     if state.is_main_process:
         write_results(output_dir / RESULTS, results)
+        record_results_owner(output_dir, settings)
         tracker.log({f"eval/{key}": results[key] for key in ("mean_return", "oracle_agreement", "invalid_rate",
                                                             "steps_per_s") if results[key] is not None}, steps)
     tracker.close()
     card = Path(args.model or "") / "README.md"
-    if (state.is_main_process and args.policy == "model" and card.exists()
+    if args.max_steps is not None:
+        if state.is_main_process:
+            print(f"note: episodes capped at {args.max_steps} steps: not the full protocol, so the model card is "
+                  "left as it is")
+    elif (state.is_main_process and args.policy == "model" and card.exists()
             and meta_path(card.parent, TRAIN_MANIFEST).exists()):
         from vlmrl.cards import add_eval_results_to_card
 

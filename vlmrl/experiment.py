@@ -15,9 +15,8 @@ import os
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
-
-import yaml
 
 from vlmrl.cli import ArgumentParser, run
 from vlmrl.references import hub_repo_id
@@ -37,12 +36,19 @@ def iteration_dir(exp_dir: Path, k: int) -> Path:
 
 def recipe_settings(recipe: str | Path) -> dict:
     """The recipe's experiment.yaml (base model, game, iterations, reflections window)."""
+    from vlmrl.cli import read_recipe
+
     path = Path(recipe) / "experiment.yaml"
+    if not Path(recipe).is_dir():
+        raise FileNotFoundError(f"recipe folder {str(recipe)!r} does not exist (e.g. recipes/tiny-smolvlm/pong)")
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a recipe folder holds experiment.yaml and one YAML per phase")
-    settings = yaml.safe_load(path.read_text()) or {}
-    if "base_model" not in settings:
-        raise ValueError(f"{path} must name base_model")
+    settings = read_recipe(path)
+    if not isinstance(settings.get("base_model"), str) or not settings["base_model"]:
+        raise ValueError(f"{path} must name base_model (a path or Hub id)")
+    missing = [f"{phase}.yaml" for phase in PHASES if not (Path(recipe) / f"{phase}.yaml").exists()]
+    if missing:
+        raise FileNotFoundError(f"recipe folder {recipe} lacks {', '.join(missing)}")
     settings.setdefault("game", "ALE/Pong-v5")
     settings.setdefault("reflections_window", 1)
     observation = settings.setdefault("observation", {}) or {}
@@ -51,6 +57,9 @@ def recipe_settings(recipe: str | Path) -> dict:
         raise ValueError(f"{path}: observation must be a mapping of {', '.join(OBSERVATION_KEYS)}; got {observation!r}")
     settings["observation"] = observation
     settings.setdefault("seed", 0)
+    window = settings["reflections_window"]
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"{path}: reflections_window must be a whole number >= 1, got {window!r}")
     return settings
 
 
@@ -149,20 +158,152 @@ def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dic
         raise SystemExit(result.returncode)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description="Run the loop's phases and report (used by the Makefile).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("phase", help="run one phase of one iteration")
-    p.add_argument("phase", choices=PHASES)
-    for name in ("summarize", "report"):
-        s = sub.add_parser(name, help=f"{name} an experiment")
-        s.add_argument("--exp", required=True, help="experiment name (data/experiments/<exp>)")
-        s.add_argument("--recipe", default="recipes/tiny-smolvlm/pong", help="recipe folder")
-        s.add_argument("--root", default="data/experiments", help="where experiments live")
-    p.add_argument("--exp", required=True, help="experiment name (data/experiments/<exp>)")
-    p.add_argument("--recipe", required=True, help="recipe folder, e.g. recipes/tiny-smolvlm/pong")
-    p.add_argument("--root", default="data/experiments", help="where experiments live")
-    p.add_argument("--iteration", type=int, required=True, help="iteration k (0: the base model's evaluation)")
+# --- checking every phase's knobs before any phase runs ----------------------------------------------
+
+# The dataclasses each phase's script parses its command line into (the same parse, without running).
+def _phase_types(phase: str) -> tuple[tuple, dict | None]:
+    if phase == "collect":
+        from vlmrl.configs import CollectArguments
+
+        return (CollectArguments,), None
+    if phase == "reflect":
+        from vlmrl.configs import ReflectArguments
+
+        return (ReflectArguments,), None
+    if phase == "train":
+        from trl import ModelConfig, SFTConfig
+
+        from vlmrl.training import TrainScriptArguments, cpu_defaults
+
+        return (TrainScriptArguments, SFTConfig, ModelConfig), cpu_defaults()
+    from vlmrl.configs import EvaluateArguments
+
+    return (EvaluateArguments,), None
+
+
+_MODEL_FLAGS = ("--model", "--model_name_or_path")
+# Where a run's files are and how fast it went, not what it did: never a reason to refuse.
+_NOT_COMPARED = ("output_dir", "progress", "push_to_hub", "prefetch_resets", "num_envs")
+
+
+def parse_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dict, base_model: str):
+    """The phase's arguments exactly as its script would parse them (recipe YAML + flags), without running it.
+
+    A model that an earlier phase has yet to write (iteration k-1's checkpoint) is stood in for by the base
+    model, so the knobs are checked now; the model itself is checked when the phase runs.
+    """
+    from vlmrl.cli import parse
+
+    cmd = phase_command(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=overrides)
+    at = next(i for i, part in enumerate(cmd) if part.endswith(f"{_script(phase)}"))
+    argv = cmd[at + 1:]
+    for i, part in enumerate(argv[:-1]):
+        if part in _MODEL_FLAGS and argv[i + 1].startswith(str(exp_dir)) and not Path(argv[i + 1]).exists():
+            argv[i + 1] = base_model
+    types, defaults = _phase_types(phase)
+    parsed = parse(types, argv, defaults=defaults, prog=_script(phase))
+    if phase == "train":
+        from vlmrl.training import validate_training_args
+
+        validate_training_args(*parsed)
+    return parsed
+
+
+def _script(phase: str) -> str:
+    return {"collect": "collect.py", "reflect": "reflect.py", "train": "train.py", "evaluate": "evaluate.py"}[phase]
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        value = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def recorded_changes(phase: str, parsed: tuple, it: Path) -> dict:
+    """How the settings given now differ from those a phase of iteration folder ``it`` recorded when it ran
+    (``{key: (recorded, given)}``; empty where it has not run or ran with these settings)."""
+    from dataclasses import asdict
+
+    from vlmrl.data import changed_settings, meta_path
+
+    if phase == "collect":
+        from vlmrl.collection import _RESUME_KEYS, MANIFEST, SUMMARY
+
+        args = parsed[0]
+        finished = (_read_json(meta_path(it / "episodes", SUMMARY)) or {}).get("settings")
+        if finished:
+            given = {k: v for k, v in asdict(args).items() if k not in _NOT_COMPARED}
+            return changed_settings({k: v for k, v in finished.items() if k not in _NOT_COMPARED}, given)
+        started = _read_json(meta_path(it / "episodes", MANIFEST)) or {}
+        given = {k: getattr(args, k) for k in _RESUME_KEYS if k not in OBSERVATION_KEYS}
+        return changed_settings(started, given)
+    if phase == "reflect":
+        from vlmrl.reflection import MANIFEST, recorded_settings
+
+        return changed_settings(_read_json(meta_path(it / "reflections", MANIFEST)) or {},
+                                recorded_settings(parsed[0]))
+    if phase == "train":
+        from vlmrl.training import MANIFEST, _json_value, train_settings
+
+        given = {k: _json_value(v) for k, v in train_settings(*parsed).items()}
+        return changed_settings(_read_json(meta_path(it / "checkpoint", MANIFEST)) or {}, given)
+    from vlmrl.results import evaluation_settings, results_owner_changes
+
+    return results_owner_changes(it, evaluation_settings(parsed[0]))
+
+
+def _count(raw: str | None, name: str) -> int:
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = 0
+    if value < 1 or str(raw).strip() != str(value):
+        raise ValueError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return value
+
+
+def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base_eval: bool = False,
+          force: bool = False) -> list[str]:
+    """Checks every phase of iterations 1..``iterations`` (and the base model's evaluation) before any runs:
+    each phase's command parsed by its own dataclasses, so a bad knob of a late phase (``LR=abc``,
+    ``EVAL_EPISODES=0``) is refused before collection starts. A finished (or started) phase whose recorded
+    settings differ from those given is refused too, naming the keys, unless ``force``: then the differences
+    are returned (and printed) and the finished phases are kept as they are. Returns the differences."""
+    last = _count(iterations, "the iteration count (N or ITERATIONS)")
+    settings = recipe_settings(recipe)
+    o = {key: v for key, v in overrides.items() if v not in (None, "")}
+    base = o.get("base_model") or settings["base_model"]
+    experiment_seed(settings, o)
+    plan = [(0, "evaluate")] if base_eval else []
+    plan += [(k, phase) for k in range(1, last + 1) for phase in PHASES]
+    differences = []
+    for k, phase in plan:
+        try:
+            with warnings.catch_warnings():  # the phase itself says its warnings when it runs
+                warnings.simplefilter("ignore")
+                parsed = parse_phase(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=o, base_model=base)
+        except (ValueError, FileNotFoundError) as err:  # UsageError included
+            raise type(err)(f"iteration {k} {phase} ({_script(phase)}): {err}") from None
+        changed = recorded_changes(phase, parsed, iteration_dir(exp_dir, k))
+        if changed:
+            details = ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changed.items())
+            differences.append(f"iteration {k} {phase}: {details}")
+    if differences and not force:
+        raise ValueError(
+            f"experiment {exp_dir.name!r} already ran with other settings ({'; '.join(differences)}); phases that "
+            "ran are not redone: use a new EXP=<name> for the new settings, or FORCE=1 to keep what ran and run "
+            "what is left with the new settings"
+        )
+    for line in differences:
+        print(f"warning (FORCE): kept as it ran: {line}", flush=True)
+    return differences
+
+
+def _add_knobs(p) -> None:
     for flag, helptext in (
         ("--episodes", "episodes collected per iteration"), ("--max-steps", "cap on steps per collected episode"),
         ("--num-envs", "environments per batch in collection"), ("--reflection-rate", "share of steps reflected on"),
@@ -178,23 +319,53 @@ def main(argv: list[str] | None = None) -> None:
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Run the loop's phases and report (used by the Makefile).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("phase", help="run one phase of one iteration")
+    p.add_argument("phase", choices=PHASES)
+    c = sub.add_parser("check", help="check every phase's knobs (and the settings of phases that ran) first")
+    for name in ("summarize", "report"):
+        s = sub.add_parser(name, help=f"{name} an experiment")
+        s.add_argument("--exp", required=True, help="experiment name (data/experiments/<exp>)")
+        s.add_argument("--recipe", default="recipes/tiny-smolvlm/pong", help="recipe folder")
+        s.add_argument("--root", default="data/experiments", help="where experiments live")
+    for q in (p, c):
+        q.add_argument("--exp", required=True, help="experiment name (data/experiments/<exp>)")
+        q.add_argument("--recipe", required=True, help="recipe folder, e.g. recipes/tiny-smolvlm/pong")
+        q.add_argument("--root", default="data/experiments", help="where experiments live")
+        _add_knobs(q)
+    p.add_argument("--iteration", type=int, required=True, help="iteration k (0: the base model's evaluation)")
+    c.add_argument("--iterations", required=True, help="check iterations 1..this (N or ITERATIONS)")
+    c.add_argument("--base-eval", action="store_true", help="also the base model's evaluation (entry 0)")
+    c.add_argument("--force", action="store_true", help="FORCE=1: settings that differ from a phase that ran are "
+                                                        "reported, not refused; what ran is kept")
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.exp, args.root)
+    skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force")
+    overrides = {k: v for k, v in vars(args).items() if k not in skip}
     if args.command == "phase":
-        overrides = {k: v for k, v in vars(args).items()
-                     if k not in ("command", "phase", "exp", "recipe", "root", "iteration")}
         run_phase(args.phase, exp_dir=exp_dir, recipe=Path(args.recipe), k=args.iteration, overrides=overrides)
-    elif args.command == "summarize":
-        from vlmrl.report import summarize
-
-        summary = summarize(exp_dir, args.recipe)
-        print(f"{exp_dir / 'experiment_summary.json'}: {len(summary['iterations'])} entries")
+    elif args.command == "check":
+        check(exp_dir=exp_dir, recipe=Path(args.recipe), overrides=overrides, iterations=args.iterations,
+              base_eval=args.base_eval, force=args.force)
     else:
         from vlmrl.report import format_table, summarize
 
+        if not exp_dir.is_dir():
+            raise FileNotFoundError(f"no experiment at {exp_dir}: run `make iteration EXP={args.exp}` (or "
+                                    "`make experiment`) first, or pass the --root it was run under")
         summary = summarize(exp_dir, args.recipe)
-        print(format_table(summary))
-        print(f"\nplot: {exp_dir / 'learning_curve.png'}\nreport: {exp_dir / 'report.html'}")
+        if args.command == "summarize":
+            print(f"{exp_dir / 'experiment_summary.json'}: {len(summary['iterations'])} entries")
+        elif not summary["iterations"]:
+            raise FileNotFoundError(f"{exp_dir} holds no finished evaluation yet (no iteration_*/results.json): "
+                                    "nothing to report")
+        else:
+            print(format_table(summary))
+            print(f"\nplot: {exp_dir / 'learning_curve.png'}\nreport: {exp_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

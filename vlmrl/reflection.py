@@ -21,6 +21,7 @@ from vlmrl.data import (
     ensure_writable,
     existing_shards,
     meta_path,
+    record_manifest,
     require_columns,
     shard_dir,
     write_dataset_card,
@@ -135,9 +136,8 @@ def reflect(args: ReflectArguments) -> dict:
         raise ValueError(f"the episodes dataset {args.episodes!r} is empty")
     acting_model = args.model or dataset[0]["model"]
     iteration = int(dataset[0]["iteration"]) if "iteration" in dataset.column_names else 0
-    settings = {k: v for k, v in asdict(args).items()
-                if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
-    check_manifest(output_dir, MANIFEST, settings, "reflection run")
+    settings = recorded_settings(args)
+    check_manifest(output_dir, MANIFEST, settings, "reflection run", record=False)
 
     actions = _game_actions(game)
     returns = np.asarray(dataset.select_columns(["return_to_go"])["return_to_go"], dtype=np.float64)
@@ -156,16 +156,18 @@ def reflect(args: ReflectArguments) -> dict:
     todo = [(c, rows) for c, rows in enumerate(chunks) if f"reflections-{c:05d}" not in done]
 
     reflector = None
+    if todo:  # loading a VLM reflector is skipped when nothing is left to do
+        reflector = build_reflector(
+            args.reflector, game=game, actions=actions, observation=observation,
+            acting_model=acting_model, max_new_tokens=args.max_new_tokens, retries=args.retries,
+        )
+    # Recorded once the reflector is up: a run that fails to start leaves nothing that refuses the fix.
+    record_manifest(output_dir, MANIFEST, settings)
     start = time.perf_counter()
     bar = tqdm(total=len(chosen), initial=len(chosen) - sum(len(r) for _, r in todo), desc="reflect",
                unit="step", disable=not args.progress, dynamic_ncols=True)
     try:
         for c, rows in todo:
-            if reflector is None:  # loading a VLM reflector is skipped when nothing is left to do
-                reflector = build_reflector(
-                    args.reflector, game=game, actions=actions, observation=observation,
-                    acting_model=acting_model, max_new_tokens=args.max_new_tokens, retries=args.retries,
-                )
             out_rows, invalid = [], 0
             for b in range(0, len(rows), args.batch_size):
                 batch_rows = [int(r) for r in rows[b : b + args.batch_size]]
@@ -244,6 +246,11 @@ def reflect(args: ReflectArguments) -> dict:
     write_dataset_card(output_dir, title=f"vlmrl reflections: {args.game}, {args.reflector} reflector",
                        body=reflections_card_body(args, summary), tags=["reflections"])
     return summary
+
+
+def recorded_settings(args: ReflectArguments) -> dict:
+    """The settings a reflection run records and a resumed run must share (all but where and how fast)."""
+    return {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
 
 
 def summarize(output_dir: str | Path, game: Game) -> dict:

@@ -70,7 +70,14 @@ RESULTS_KEYS: tuple[str, ...] = (
     "video",
 )
 # Keys a results.json may hold beyond the required ones (older records lack them).
-OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase", "videos")
+# ``videos``: the filmed episodes' GIFs, where some were. ``max_steps``: the cap on agent steps per episode
+# when the evaluation had one (absent: the game's own episodes, the full protocol); a capped score is never
+# published as the protocol's.
+OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase", "videos", "max_steps")
+# Beside results.json, the settings of the evaluation that wrote it (``check_results_owner``).
+EVALUATION_RECORD = ".vlmrl/evaluation.json"
+_EVALUATION_KEYS = ("model", "policy", "game", "episodes", "max_steps", "seed", "decode", "temperature", "frameskip",
+                    "repeat_action_probability", "frames", "encoding", "crop", "image_size", "resample")
 
 # Collections seed episode i of a run with seed + i, seeds below this: evaluation never reuses them.
 EVAL_SEED_OFFSET = 1_000_000
@@ -257,3 +264,52 @@ def agreement_by_phase(agrees: Sequence[bool], phases: Sequence[str], names: Seq
         hits = [agree for agree, p in zip(agrees, phases, strict=True) if p == phase]
         split[phase] = {"agreement": sum(hits) / len(hits) if hits else None, "steps": len(hits)}
     return split
+
+
+def evaluation_settings(args: Any) -> dict[str, Any]:
+    """What makes two evaluations the same run (an ``EvaluateArguments``): the model, the protocol, the cap."""
+    settings = {key: getattr(args, key, None) for key in _EVALUATION_KEYS}
+    if settings["policy"] != "model":
+        settings["model"] = settings["policy"]  # what results.json records as the model of a baseline policy
+    return settings
+
+
+def check_results_owner(output_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Refuses to overwrite a results.json another evaluation wrote (another model, protocol or cap); the same
+    run again may overwrite it. Results without a settings record are compared on what they hold."""
+    changed = results_owner_changes(output_dir, settings)
+    if changed:
+        details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"{Path(output_dir) / 'results.json'} holds another evaluation's results ({details}); use "
+                         "another --output-dir, or delete it to replace them")
+
+
+def results_owner_changes(output_dir: str | Path, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """How ``settings`` differ from those of the evaluation that wrote ``output_dir``'s results.json
+    (``{key: (recorded, given)}``; empty when there is none or it is the same run)."""
+    import json
+
+    from vlmrl.data import changed_settings
+
+    path = Path(output_dir) / "results.json"
+    if not path.exists():
+        return {}
+    record = Path(output_dir) / EVALUATION_RECORD
+    try:
+        previous = json.loads(record.read_text()) if record.exists() else None
+        if previous is None:
+            held = json.loads(path.read_text())
+            previous = {"model": held.get("model"), "policy": held.get("policy"), "game": held.get("game"),
+                        "episodes": held.get("episodes")}
+            if "max_steps" in held:
+                previous["max_steps"] = held["max_steps"]
+    except (OSError, ValueError, AttributeError):
+        raise ValueError(f"{path} exists but cannot be read; move it away or use another --output-dir") from None
+    return changed_settings(previous, settings)
+
+
+def record_results_owner(output_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Writes the settings of the evaluation that wrote ``output_dir``'s results.json beside it."""
+    from vlmrl.data import write_json
+
+    write_json(Path(output_dir) / EVALUATION_RECORD, settings)

@@ -311,6 +311,8 @@ def run_seed(config: BaselineConfig, seed: int) -> dict[int, dict[str, Any]]:
             steps_per_s=evaluation["env_steps"] / max(evaluation["wall_s"], 1e-9),
             video=None,
         )
+        if config.eval_max_steps is not None:
+            results["max_steps"] = config.eval_max_steps  # capped episodes: flagged, never the protocol's score
         write_results(checkpoint(budget).parent / "results.json", results)
         writer.add_scalar("eval/mean_return", results["mean_return"], budget)
         if results["oracle_agreement"] is not None:

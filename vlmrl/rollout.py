@@ -63,6 +63,16 @@ class _Slot:
     history: FrameHistory
     ram: np.ndarray
     prev_ram: np.ndarray | None = None
+    teacher_rng: np.random.Generator | None = None
+    policy_rng: np.random.Generator | None = None
+
+
+def episode_rngs(episode_seed: int, seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """An episode's own random streams, the teacher-mix draws' and the policy's sampling, from the episode's
+    seed and the run's ``seed``: the same episode draws the same whatever else runs beside it, before it
+    or in another process, so a resumed or re-batched collection equals an uninterrupted one."""
+    teacher, policy = np.random.SeedSequence([int(episode_seed), int(seed)]).spawn(2)
+    return np.random.default_rng(teacher), np.random.default_rng(policy)
 
 
 def play_episodes(
@@ -87,6 +97,8 @@ def play_episodes(
     ``keep_frames`` is True, False, or the set of episode ids whose frames are kept.
     With a ``teacher`` policy, each step plays the teacher's action with probability ``teacher_mix``
     (DAgger's mixture): the states visited stay near the teacher's, where corrections teach most.
+    Those draws, and a sampling policy's, come from each episode's own streams (``episode_rngs`` of the
+    episode's seed and ``seed``), never from one stream shared by the episodes in play.
     ``on_frames`` is called once per agent step with that step's kept frames and returns one object
     per frame, stored as the steps' ``frame`` (collection starts their PNG encoding there, so it runs
     in the background while the next steps play). ``on_episode(episode, agent_steps)`` is called as each
@@ -95,7 +107,6 @@ def play_episodes(
     The progress bar counts agent steps (episodes × ``max_steps`` where that caps them; an episode that
     ends early takes its unplayed steps off the total) and shows the running mean return.
     """
-    rng = np.random.default_rng(seed)
     frames = policy.history
     queue = list(jobs)
     slots: dict[int, _Slot] = {}
@@ -110,23 +121,26 @@ def play_episodes(
     def fill() -> None:
         for slot in range(batch.num_envs):
             if slot not in slots and queue:
-                episode_id, seed = queue.pop(0)
-                frame, ram = batch.reset(slot, seed)
+                episode_id, episode_seed = queue.pop(0)
+                frame, ram = batch.reset(slot, episode_seed)
                 history = FrameHistory(frames)
                 history.reset(frame)
-                slots[slot] = _Slot(EpisodeRecord(episode_id, seed), history, ram)
+                teacher_rng, policy_rng = episode_rngs(episode_seed, seed)
+                slots[slot] = _Slot(EpisodeRecord(episode_id, episode_seed), history, ram,
+                                    teacher_rng=teacher_rng, policy_rng=policy_rng)
 
     try:
         fill()
         while slots:
             order = sorted(slots)
             observations = [
-                Observation(list(slots[s].history.frames), slots[s].ram, slots[s].prev_ram) for s in order
+                Observation(list(slots[s].history.frames), slots[s].ram, slots[s].prev_ram, slots[s].policy_rng)
+                for s in order
             ]
             decisions = policy.act(observations)
             by_teacher = [False] * len(order)
             if teacher is not None and teacher_mix > 0:
-                by_teacher = (rng.random(len(order)) < teacher_mix).tolist()
+                by_teacher = [bool(slots[s].teacher_rng.random() < teacher_mix) for s in order]
                 taught = teacher.act(observations)
                 decisions = [
                     Decision(t.action, d.reasoning, d.raw_output, d.valid) if use else d

@@ -15,7 +15,7 @@ import torch
 from datasets import concatenate_datasets
 
 from vlmrl.configs import ObservationArguments
-from vlmrl.data import check_manifest, meta_path, require_columns, write_json
+from vlmrl.data import check_manifest, ensure_writable, meta_path, record_manifest, require_columns, write_json
 from vlmrl.games import Game, get_game
 from vlmrl.observation import write_observation_record
 from vlmrl.references import load_dataset_reference
@@ -178,7 +178,91 @@ def _check_output_dir(output_dir: Path, settings: dict) -> None:
         raise ValueError(
             f"{output_dir} already holds a model that vlmrl's train.py did not write; use another --output-dir"
         )
-    check_manifest(output_dir, MANIFEST, settings, "training run")
+    check_manifest(output_dir, MANIFEST, settings, "training run", record=False)
+
+
+def validate_training_args(script_args: TrainScriptArguments, training_args, model_args) -> None:
+    """Refuses settings that would train nothing or not at all, before anything is loaded or written
+    (an epoch count of -1 used to give an untrained "checkpoint" that counted as done)."""
+    from vlmrl.models import check_model_reference
+
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required: the model to fine-tune (path or Hub id)")
+    check_model_reference(model_args.model_name_or_path)
+    if training_args.max_steps is not None and training_args.max_steps > 0:
+        pass  # --max_steps wins over the epochs
+    elif not training_args.num_train_epochs > 0:
+        raise ValueError(f"--num_train_epochs must be > 0 (or --max_steps > 0), got {training_args.num_train_epochs}")
+    if training_args.per_device_train_batch_size < 1 or training_args.gradient_accumulation_steps < 1:
+        raise ValueError("--per_device_train_batch_size and --gradient_accumulation_steps must be >= 1, got "
+                         f"{training_args.per_device_train_batch_size} and {training_args.gradient_accumulation_steps}")
+    if not training_args.learning_rate >= 0:
+        raise ValueError(f"--learning_rate must be >= 0, got {training_args.learning_rate}")
+    if not script_args.reflections:
+        raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
+
+
+def train_settings(script_args: TrainScriptArguments, training_args, model_args) -> dict:
+    """What a training run records and a resumed run must share: its inputs and the knobs that shape it."""
+    settings = {"base_model": model_args.model_name_or_path, "reflections": script_args.reflections,
+                "iteration": script_args.iteration}
+    if script_args.sample_budget is not None:  # (absent from the records of runs without a budget)
+        settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
+    settings.update({k: getattr(training_args, k) for k in _RECORDED_HYPER})
+    settings["balance_actions"] = script_args.balance_actions
+    return settings
+
+
+# Knobs of the Trainer a resumed run must share (records written before they were kept lack them: not compared).
+_RECORDED_HYPER = ("num_train_epochs", "learning_rate", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "lr_scheduler_type", "seed")
+
+
+def _json_value(value):
+    return value if isinstance(value, int | float | str | bool | type(None) | list) else str(value)
+
+
+def complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-*`` the Trainer can resume from. A newer one that is incomplete (a full disk
+    or a kill while it was saved: no trainer state, or weights that do not open) is moved aside to
+    ``<name>.incomplete`` with a message, so it never blocks a rerun; the one before it is used."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not output_dir.is_dir():
+        return None
+    found = sorted((p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                    if p.is_dir() and p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+    for checkpoint in reversed(found):
+        problem = _checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        aside = checkpoint.with_name(checkpoint.name + ".incomplete")
+        checkpoint.rename(aside)
+        print(f"warning: {checkpoint} is incomplete ({problem}); moved to {aside} (delete it when you like) and "
+              "resuming from the one before it, if any", flush=True)
+    return None
+
+
+def _checkpoint_problem(checkpoint: Path) -> str | None:
+    import json
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    weights = [p for p in checkpoint.glob("*.safetensors")] or list(checkpoint.glob("*.bin"))
+    if not weights:
+        return "no weights"
+    for path in weights:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+            except Exception as err:  # noqa: BLE001 - any failure to open means unusable
+                return f"{path.name} does not open: {type(err).__name__}"
+    return None
 
 
 def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
@@ -188,9 +272,11 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
 
     from vlmrl.models import load_processor, load_vlm, vision_image_size
 
+    validate_training_args(script_args, training_args, model_args)
     base = model_args.model_name_or_path
-    if not base:
-        raise ValueError("--model_name_or_path is required: the model to fine-tune (path or Hub id)")
+    output_dir = Path(training_args.output_dir)
+    if training_args.process_index == 0:
+        ensure_writable(output_dir)
     dataset = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
     pool = len(dataset)
     if script_args.sample_budget is not None:
@@ -203,11 +289,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         dataset = balance_by_action_class(dataset, get_game(script_args.game), seed=training_args.seed)
     if script_args.balance_actions:
         dataset = dataset.remove_columns(["correct_action"])
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"base_model": base, "reflections": script_args.reflections, "iteration": script_args.iteration}
-    if script_args.sample_budget is not None:  # (absent from the records of runs without a budget)
-        settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
+    settings = {k: _json_value(v) for k, v in train_settings(script_args, training_args, model_args).items()}
     if training_args.process_index == 0:
         _check_output_dir(output_dir, settings)
     apply_device_defaults(training_args)
@@ -220,6 +302,12 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     if peft_config is not None and not model_args.lora_target_modules:
         peft_config.target_modules = IDEFICS3_LORA_TARGETS
 
+    if training_args.process_index == 0:
+        complete_checkpoint(output_dir)  # an incomplete newest checkpoint is moved aside, never resumed from
+        record_manifest(output_dir, MANIFEST, settings)  # the run has really started: its settings are recorded
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     trainer = SFTTrainer(
         model=model,
@@ -231,6 +319,8 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - start
+    if trainer.state.global_step == 0:
+        raise ValueError("training took no optimizer step (too few samples for one batch?); no checkpoint written")
     if peft_config is not None:
         trainer.model = trainer.model.merge_and_unload()  # a plain checkpoint every phase can load
     trainer.model.save_pretrained(output_dir)

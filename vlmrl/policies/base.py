@@ -10,11 +10,17 @@ import numpy as np
 
 @dataclass
 class Observation:
-    """What a policy may look at for one env: the last K frames (oldest first) and the RAM."""
+    """What a policy may look at for one env: the last K frames (oldest first) and the RAM.
+
+    ``rng`` is the episode's own random stream (seeded from the episode's seed): a policy that samples
+    draws from it, so an episode plays the same whichever envs it shares a batch with, and a resumed
+    collection equals an uninterrupted one.
+    """
 
     frames: list[np.ndarray]
     ram: np.ndarray
     prev_ram: np.ndarray | None = None
+    rng: np.random.Generator | None = None
 
 
 @dataclass

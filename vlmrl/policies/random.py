@@ -20,7 +20,8 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
 
     def act(self, observations: list[Observation]) -> list[Decision]:
-        picks = self.rng.integers(len(self.actions), size=len(observations))
+        # Each episode's own stream where the rollout gives one (the same play however episodes are batched).
+        picks = [int((o.rng or self.rng).integers(len(self.actions))) for o in observations]
         return [Decision(self.actions[i]) for i in picks]
 
 

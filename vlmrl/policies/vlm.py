@@ -275,17 +275,21 @@ class VLMPolicy:
             [action + '"' for action in self.actions], full_sequence=True,
         )
 
-    def _pick(self, logprobs: torch.Tensor) -> list[int]:
+    def _pick(self, logprobs: torch.Tensor, observations: list[Observation] | None = None) -> list[int]:
         if self.temperature == 0:
             return logprobs.argmax(dim=-1).tolist()
-        probs = torch.softmax(logprobs / self.temperature, dim=-1)
+        probs = torch.softmax(logprobs.double() / self.temperature, dim=-1)
+        if observations and all(o.rng is not None for o in observations):
+            # Each episode's own stream: its draws do not depend on which episodes share the batch.
+            return [int(o.rng.choice(len(p), p=(p / p.sum()).numpy())) for o, p in zip(observations, probs,
+                                                                                       strict=True)]
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).tolist()
 
     def act(self, observations: list[Observation]) -> list[Decision]:
         if not observations:
             return []
         if self.decode == "constrained":
-            picks = self._pick(self.action_logprobs(observations))
+            picks = self._pick(self.action_logprobs(observations), observations)
             return [
                 Decision(self.actions[i], "", ANSWER_PREFIX + self.actions[i] + '"', True) for i in picks
             ]
