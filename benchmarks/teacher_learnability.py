@@ -1,0 +1,73 @@
+"""How learnable is the teacher's decision, and how much data does it take? One JSON object on stdout.
+
+    python benchmarks/teacher_learnability.py --sizes 3000,12000,48000
+
+The oracle's decision is a deterministic function of two frames' positions (ball x, y and paddle y,
+now and before), so a perfect learner could agree with it on every step. This measures how close a
+learner that reads those positions *exactly* gets: a small MLP trained on n labelled states of varied
+play (the oracle with random actions mixed in, as in the perception data), scored on held-out
+states overall and with the ball coming toward the player, for growing n, with and without ±1 RAM
+units of jitter on each frame's positions (about what a 128-pixel view of the 160-pixel playfield
+resolves). If exact positions and many labels are needed to reach high agreement, the tiny VLM's
+limit is the data and the learner, not its eyes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from supervised_ceiling import CLASSES, GAME, features, ram_mlp, score  # noqa: E402
+
+from vlmrl.cli import ArgumentParser, run  # noqa: E402
+from vlmrl.games.base import decide_batch  # noqa: E402
+from vlmrl.rollout import varied_play  # noqa: E402
+
+
+def states(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """n kept steps of varied play: position features, the oracle's class, the phase."""
+    rams, prevs = [], []
+    for item in islice(varied_play(GAME, seed=seed, history=1, keep_prob=0.25, num_envs=4), n):
+        rams.append(item.ram)
+        prevs.append(item.prev_ram)
+    decisions = decide_batch(GAME.oracle(), rams, prevs)
+    return (features(rams, prevs), np.array([CLASSES.index(d.action_class) for d in decisions]),
+            [GAME.phase(r, p) for r, p in zip(rams, prevs, strict=True)])
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="3000,12000,48000", help="training set sizes (states)")
+    parser.add_argument("--test", type=int, default=5000, help="held-out states")
+    parser.add_argument("--epochs", type=int, default=40, help="passes of the MLP over its data")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    start = time.perf_counter()
+    train_x, train_y, _ = states(sizes[-1], seed=2_000_000 + 10_000 * args.seed)
+    test_x, test_y, test_phases = states(args.test, seed=3_000_000 + 10_000 * args.seed)
+    report = {"data_s": round(time.perf_counter() - start, 1), "test_states": args.test,
+              "label_share": {c: round(float(np.mean(test_y == i)), 3) for i, c in enumerate(CLASSES)},
+              "by_size": []}
+    for n in sizes:
+        entry = {"train_states": n}
+        for name, jitter in (("exact", 0), ("jitter1", 1)):
+            entry[name] = score(ram_mlp(train_x[:n], train_y[:n], test_x, jitter, args.seed, args.epochs),
+                                test_y, test_phases)
+        report["by_size"].append(entry)
+        print(json.dumps(entry), file=sys.stderr, flush=True)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["load_average_1m"] = os.getloadavg()[0]
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    run(main)
