@@ -127,7 +127,24 @@ class ReflectArguments(ObservationArguments):
 
     episodes: str | None = field(default=None, metadata={"help": "episodes dataset: a local folder or a Hub id"})
     game: str = field(default="ALE/Pong-v5", metadata={"help": "the game the episodes were played in"})
-    reflector: str = field(default="self", metadata={"help": "self, oracle, or model:<path or Hub id>"})
+    reflector: str = field(
+        default="self",
+        metadata={"help": "self, oracle, model:<path or Hub id>, grounded (the acting model answers the game's "
+                          "questions, the game's rules correct), grounded:<path> (e.g. the frozen base) or "
+                          "self-imitation (keep the action taken on steps that went well)"},
+    )
+    outcome: str | None = field(
+        default=None,
+        metadata={"help": "hindsight: the later frame shown as the move's outcome: ball_at_paddle (Pong), point "
+                          "or next; default: the game's (ball_at_paddle) for grounded, next (no hindsight) for "
+                          "self and model:"},
+    )
+    outcome_max_steps: int = field(default=100, metadata={"help": "look at most this many steps ahead for the outcome"})
+    advantage: bool = field(
+        default=False,
+        metadata={"help": "self-imitation: keep steps whose return-to-go beats their episode's mean (advantage > 0) "
+                          "instead of those with a positive return-to-go"},
+    )
     reflect_on: str = field(
         default="poor", metadata={"help": "poor: steps with negative return-to-go; all: every step (DAgger-style)"}
     )
@@ -159,6 +176,8 @@ class ReflectArguments(ObservationArguments):
             raise ValueError(f"--max-reflections must be >= 0, got {self.max_reflections}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.outcome_max_steps < 1:
+            raise ValueError(f"--outcome-max-steps must be >= 1, got {self.outcome_max_steps}")
         self.observation_config(self.model)
 
 
