@@ -147,6 +147,7 @@ def main() -> None:
                     ("margin_21", dataclasses.replace(default, margin=21.0), {}),
                     ("no_momentum", dataclasses.replace(default, momentum=0.0), {}),
                     ("keep_when_met", dataclasses.replace(default, keep_when_met=True), {}),
+                    ("margin_21_keep_when_met", dataclasses.replace(default, margin=21.0, keep_when_met=True), {}),
                     ("one_direction_look", dataclasses.replace(default, direction_looks=1), {}),
                     ("one_outcome_look", dataclasses.replace(default, outcome_looks=1), {}),
                 ]:

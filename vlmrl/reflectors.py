@@ -222,7 +222,8 @@ class GroundedReflector:
             action = self.game.class_actions[cls]
             raw = json.dumps({"now": answers.now, "before": answers.before, "outcome": answers.outcome,
                               "directions": answers.directions})
-            results.append(Reflection(analysis, action, f"I should {cls} ({action}).", raw))
+            verdict = "stay" if cls == "stay" else f"move {cls}"
+            results.append(Reflection(analysis, action, f"I should {verdict} ({action}).", raw))
         return results
 
 
