@@ -142,7 +142,24 @@ class ReflectArguments(ObservationArguments):
 
     episodes: str | None = field(default=None, metadata={"help": "episodes dataset: a local folder or a Hub id"})
     game: str = field(default="ALE/Pong-v5", metadata={"help": "the game the episodes were played in"})
-    reflector: str = field(default="self", metadata={"help": "self, oracle, or model:<path or Hub id>"})
+    reflector: str = field(
+        default="self",
+        metadata={"help": "self, oracle, model:<path or Hub id>, grounded (the acting model answers the game's "
+                          "questions, the game's rules correct), grounded:<path> (e.g. the frozen base) or "
+                          "self-imitation (keep the action taken on steps that went well)"},
+    )
+    outcome: str | None = field(
+        default=None,
+        metadata={"help": "hindsight: the later frame shown as the move's outcome: ball_at_paddle (Pong), point "
+                          "or next; default: the game's (ball_at_paddle) for grounded, next (no hindsight) for "
+                          "self and model:"},
+    )
+    outcome_max_steps: int = field(default=100, metadata={"help": "look at most this many steps ahead for the outcome"})
+    advantage: bool = field(
+        default=False,
+        metadata={"help": "self-imitation: keep steps whose return-to-go beats their episode's mean (advantage > 0) "
+                          "instead of those with a positive return-to-go"},
+    )
     reflect_on: str = field(
         default="poor", metadata={"help": "poor: steps with negative return-to-go; all: every step (DAgger-style)"}
     )
@@ -177,20 +194,25 @@ class ReflectArguments(ObservationArguments):
         if self.retries < 0 or self.max_new_tokens < 1:
             raise ValueError(f"--retries must be >= 0 and --max-new-tokens >= 1, got {self.retries} and "
                              f"{self.max_new_tokens}")
+        if self.outcome_max_steps < 1:
+            raise ValueError(f"--outcome-max-steps must be >= 1, got {self.outcome_max_steps}")
         check_reflector_spec(self.reflector)  # even when no step is selected: a typo is never accepted
         self.observation_config(self.model)
 
 
 def check_reflector_spec(spec: str) -> None:
     """Refuses a ``--reflector`` that names no reflector, and a ``model:`` path that does not exist."""
-    if spec in ("self", "oracle"):
+    if spec in ("self", "oracle", "grounded", "self-imitation"):
         return
-    if spec.startswith("model:") and len(spec) > len("model:"):
-        from vlmrl.models import check_model_reference
+    for prefix in ("model:", "grounded:"):
+        if spec.startswith(prefix) and len(spec) > len(prefix):
+            from vlmrl.models import check_model_reference
 
-        check_model_reference(spec[len("model:"):])
-        return
-    raise ValueError(f"unknown reflector {spec!r}: use self, oracle or model:<path or Hub id>")
+            check_model_reference(spec[len(prefix):])
+            return
+    from vlmrl.reflectors import REFLECTOR_NAMES
+
+    raise ValueError(f"unknown reflector {spec!r}: use {REFLECTOR_NAMES}")
 
 
 @dataclass

@@ -259,16 +259,31 @@ def reflection_messages(
     return_to_go: float,
     num_images_now: int,
     num_images_next: int,
+    num_images_outcome: int = 0,
+    outcome_description: str | None = None,
+    outcome_steps: int | None = None,
 ) -> list[dict]:
-    """The self/teacher reflection prompt: the frame(s), the move, its outcome and the next frame(s)."""
+    """The self/teacher reflection prompt: the frame(s), the move, its outcome and the next frame(s).
+
+    With ``num_images_outcome`` (hindsight) the outcome's frame(s) follow the next frame(s), said to
+    be ``outcome_description`` (e.g. the ball reaching your paddle's column), ``outcome_steps`` later.
+    Without it the prompt is the one the tiny model's tokenizer was trained on, word for word.
+    """
     rules = game.rules or f"The Atari game {game.name}."
     listed = _listed_actions(game, actions, ", ")
     before = [{"type": "image"} for _ in range(num_images_now)]
     after = [{"type": "image"} for _ in range(num_images_next)]
+    outcome = [{"type": "image"} for _ in range(num_images_outcome)]
+    if num_images_outcome:
+        when = f", {outcome_steps} steps later" if outcome_steps else ""
+        follows = (f"The next frame follows, then the outcome: {outcome_description or 'a later frame'}{when}. "
+                   "What should you have done, and why?")
+    else:
+        follows = "The next frame follows. What should you have done, and why?"
     text = (
         f"You played {action_taken} here, saying: {reasoning or '(nothing)'}. "
         f"Reward {reward:+g}; this move led toward a lost point (discounted return {return_to_go:+.2f}). "
-        "The next frame follows. What should you have done, and why?"
+        + follows
     )
     return [
         {
@@ -281,7 +296,7 @@ def reflection_messages(
                 }
             ],
         },
-        {"role": "user", "content": [*before, {"type": "text", "text": text}, *after]},
+        {"role": "user", "content": [*before, {"type": "text", "text": text}, *after, *outcome]},
     ]
 
 

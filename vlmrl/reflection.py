@@ -64,6 +64,9 @@ def reflection_features(images_per_observation: int) -> Features:
             "source_step": Value("int32"),
             "return_to_go": Value("float32"),
             "iteration": Value("int32"),
+            # The game's perception questions' answer keys for the row's observation (JSON {name: answer});
+            # what training's rehearsal asks about the row's image ("{}" where the game has none).
+            "perception_answers": Value("string"),
         }
     )
 
@@ -89,6 +92,40 @@ def select_steps(
     return chosen, len(poor)
 
 
+def select_good_steps(
+    returns: np.ndarray,
+    episode_ids: np.ndarray,
+    *,
+    advantage: bool = False,
+    rate: float = 1.0,
+    max_reflections: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
+    """Self-imitation's steps (sorted row indices) and how many were good: those whose stored return-to-go
+    is positive, or with ``advantage`` beats the mean return-to-go of their episode (the baseline)."""
+    returns = np.asarray(returns, dtype=np.float64)
+    episode_ids = np.asarray(episode_ids)
+    score = returns
+    if advantage:
+        means = {e: returns[episode_ids == e].mean() for e in np.unique(episode_ids)}
+        score = returns - np.array([means[e] for e in episode_ids])
+    good = np.flatnonzero(score > 0)
+    rng = np.random.default_rng(seed)
+    n = int(round(len(good) * rate))
+    if max_reflections is not None:
+        n = min(n, max_reflections)
+    chosen = np.sort(rng.choice(good, size=n, replace=False)) if n else np.array([], dtype=np.int64)
+    return chosen, len(good)
+
+
+def perception_answers(game: Game, ram: np.ndarray, prev_ram: np.ndarray | None, frame: np.ndarray) -> str:
+    """The game's question answer keys for one observation, as JSON (``{}`` for a game without questions)."""
+    if not game.questions:
+        return "{}"
+    scene = game.scene(ram, prev_ram, frame)
+    return json.dumps({q.name: q.answer(scene) for q in game.questions})
+
+
 def reflection_accuracy(game: Game, corrected: list[str], oracle: list[str | None]) -> float | None:
     """Share of corrected actions in the oracle's class (up/down/stay); None without an oracle."""
     pairs = [(c, o) for c, o in zip(corrected, oracle, strict=True) if o]
@@ -104,14 +141,28 @@ class _EpisodeIndex:
         self.dataset = dataset
         ids, steps = dataset["episode_id"], dataset["step"]
         self.row_of = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ids, steps, strict=True))}
+        self.last: dict[int, int] = {}
+        for e, s in self.row_of:
+            self.last[e] = max(self.last.get(e, s), s)
+        self._decoded: dict[int, np.ndarray] = {}  # hindsight shows one outcome frame to many steps: decode once
 
     def row(self, episode: int, step: int) -> int | None:
         return self.row_of.get((episode, step))
 
+    def last_step(self, episode: int) -> int:
+        return self.last[episode]
+
+    def _frame(self, row: int) -> np.ndarray:
+        if row not in self._decoded:
+            if len(self._decoded) >= 1024:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[row] = np.asarray(self.dataset[row]["frame"].convert("RGB"))
+        return self._decoded[row]
+
     def frames(self, episode: int, step: int, k: int) -> list[np.ndarray]:
         # An episode's first frame stands in for frames before it, as in play (FrameHistory).
         rows = [self.row(episode, max(step - j, 0)) for j in range(k - 1, -1, -1)]
-        return [np.asarray(self.dataset[r]["frame"].convert("RGB")) for r in rows]
+        return [self._frame(r) for r in rows]
 
 
 def _game_actions(game: Game) -> list[str]:
@@ -120,6 +171,23 @@ def _game_actions(game: Game) -> list[str]:
         return list(env.unwrapped.get_action_meanings())
     finally:
         env.close()
+
+
+def _add_hindsight(item: ReflectionItem, reflector, index: _EpisodeIndex, episode: int, step: int, k: int,
+                   game: Game, outcome: str, max_steps: int, rams: np.ndarray, rewards: np.ndarray) -> None:
+    """Fills in the later views a reflector asked for, from the recorded episode: the previous step's
+    observation, the next steps' and the outcome's (``Game.outcome_step``). The RAM only times the
+    outcome (when the ball reached the player's column); what it shows is for the reflector to see."""
+    last = index.last_step(episode)
+    item.prev_frames = index.frames(episode, max(step - 1, 0), k)
+    item.later_frames = [index.frames(episode, min(step + j, last), k) for j in range(1, reflector.later_views + 1)]
+    if not reflector.outcome_views:
+        return
+    rows = [index.row(episode, s) for s in range(step, min(last, step + max_steps) + 1)]
+    at = game.outcome_step(rams[rows], rewards[rows], 0, outcome=outcome, max_lookahead=max_steps)
+    item.outcome_steps = at
+    item.outcome_description = game.outcome_description(outcome)
+    item.outcome_frames = [index.frames(episode, max(step + at - j, 0), k) for j in range(reflector.outcome_views)]
 
 
 def _observation_row(images: list, observation: ObservationConfig) -> dict:
@@ -145,6 +213,16 @@ def reflect(args: ReflectArguments) -> dict:
         returns, reflect_on=args.reflect_on, rate=args.reflection_rate,
         max_reflections=args.max_reflections, seed=args.seed,
     )
+    if args.reflector == "self-imitation":  # the control learns from the steps that went well instead
+        chosen, _ = select_good_steps(returns, np.asarray(dataset["episode_id"]), advantage=args.advantage,
+                                      rate=args.reflection_rate, max_reflections=args.max_reflections,
+                                      seed=args.seed)
+    # Hindsight: the game's outcome for grounded, the next frame (today's prompt) for writing reflectors.
+    grounded = args.reflector == "grounded" or args.reflector.startswith("grounded:")
+    outcome = args.outcome or (game.default_outcome if grounded else "next")
+    if outcome not in game.outcomes:
+        raise ValueError(f"--outcome {outcome!r} is not known for {game.name}: use one of {', '.join(game.outcomes)}")
+    hindsight_columns = None  # the episodes' RAM and rewards, read once when an outcome must be found
     observation = args.observation_config(acting_model, vision_image_size(acting_model))
     features = reflection_features(observation.images_per_observation)
     oracle = game.oracle() if game.has_oracle else None
@@ -160,7 +238,11 @@ def reflect(args: ReflectArguments) -> dict:
         reflector = build_reflector(
             args.reflector, game=game, actions=actions, observation=observation,
             acting_model=acting_model, max_new_tokens=args.max_new_tokens, retries=args.retries,
+            hindsight=outcome != "next",
         )
+        if reflector.outcome_views or reflector.later_views:
+            columns = dataset.select_columns(["ram", "reward"])
+            hindsight_columns = (np.asarray(columns["ram"], np.uint8), np.asarray(columns["reward"], np.float64))
     # Recorded once the reflector is up: a run that fails to start leaves nothing that refuses the fix.
     record_manifest(output_dir, MANIFEST, settings)
     start = time.perf_counter()
@@ -187,6 +269,9 @@ def reflect(args: ReflectArguments) -> dict:
                             reward=float(record["reward"]), return_to_go=float(returns[r]),
                         )
                     )
+                    if reflector.outcome_views or reflector.later_views:
+                        _add_hindsight(items[-1], reflector, index, episode, step, observation.frames, game, outcome,
+                                       args.outcome_max_steps, *hindsight_columns)
                     records.append(record)
                 reflections = reflector.reflect(items)
                 oracle_actions = (
@@ -218,6 +303,7 @@ def reflect(args: ReflectArguments) -> dict:
                             "source_step": int(record["step"]),
                             "return_to_go": float(returns[r]),
                             "iteration": iteration,
+                            "perception_answers": perception_answers(game, item.ram, item.prev_ram, item.frames[-1]),
                         }
                     )
                 bar.update(len(batch_rows))
@@ -236,6 +322,7 @@ def reflect(args: ReflectArguments) -> dict:
             "selected": int(len(chosen)),
             "invalid": int(sum(invalid_by_chunk.values())),
             "reflector": args.reflector,
+            "outcome": outcome if reflector is None or reflector.outcome_views else None,
             "reflect_on": args.reflect_on,
             "reflection_rate": args.reflection_rate,
             "wall_s": time.perf_counter() - start,

@@ -34,7 +34,7 @@ def first_tokens_distinct(tokenizer, options: Sequence[str]) -> bool:
 def score_continuations(
     model,
     processor,
-    prompt: str,
+    prompt: str | Sequence[str],
     images: list[list],
     continuations: Sequence[str],
     *,
@@ -42,18 +42,25 @@ def score_continuations(
 ) -> torch.Tensor:
     """Log-likelihood of each continuation after ``prompt`` for each observation's images: [batch, options].
 
+    ``prompt`` is one prompt for every observation, or one per observation (first-token scoring
+    only: a caption read slot by slot continues each observation's own answer so far).
     With distinct first tokens (and ``full_sequence`` not True) the first token decides; otherwise
     each continuation's tokens, as the tokenizer splits prompt + continuation, are summed.
     """
     tokenizer = processor.tokenizer
     if full_sequence is None:
         full_sequence = not first_tokens_distinct(tokenizer, continuations)
+    per_image = not isinstance(prompt, str)
+    if per_image and (full_sequence or len(prompt) != len(images)):
+        raise ValueError("one prompt per observation needs as many prompts as observations and first-token scoring")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         if not full_sequence:
             firsts = [ids[0] for ids in option_token_ids(tokenizer, continuations)]
-            inputs = _to(processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True),
-                         model)
+            texts = list(prompt) if per_image else [prompt] * len(images)
+            inputs = _to(processor(text=texts, images=images, return_tensors="pt", padding=True), model)
+            if per_image:  # prompts of different lengths are left-padded: positions count from each one's start
+                inputs["position_ids"] = (inputs["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
             return torch.log_softmax(logits, dim=-1)[:, torch.tensor(firsts, device=logits.device)].cpu()
         texts = [prompt + c for _ in images for c in continuations]

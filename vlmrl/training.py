@@ -47,6 +47,12 @@ class TrainScriptArguments(ObservationArguments):
                           "by --newest-share), so every iteration costs the same; default: every reflection, once "
                           "an epoch"},
     )
+    rehearsal_share: float = field(
+        default=0.0,
+        metadata={"help": "share of the training set made of perception-question samples on the reflections' frames "
+                          "(answer keys from their perception_answers column), so the tuned model still answers "
+                          "the vision probe and can reflect grounded; 0: none"},
+    )
     newest_share: float = field(
         default=0.5,
         metadata={"help": "with --sample-budget: the share of the samples drawn from the last reflections dataset "
@@ -66,6 +72,8 @@ class TrainScriptArguments(ObservationArguments):
             raise ValueError(f"--sample-budget must be >= 1, got {self.sample_budget}")
         if not 0.0 <= self.newest_share <= 1.0:
             raise ValueError(f"--newest-share must be in [0, 1], got {self.newest_share}")
+        if not 0.0 <= self.rehearsal_share < 1.0:
+            raise ValueError(f"--rehearsal-share must be in [0, 1), got {self.rehearsal_share}")
         self.observation_config()
 
 
@@ -295,6 +303,12 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     apply_device_defaults(training_args)
 
     observation = script_args.observation_config(base, vision_image_size(base))
+    rehearsed = 0
+    if script_args.rehearsal_share > 0:
+        from vlmrl.rehearsal import mix_rehearsal
+
+        dataset, rehearsed = mix_rehearsal(dataset, script_args.reflections, get_game(script_args.game), observation,
+                                           script_args.rehearsal_share, seed=training_args.seed)
     processor = load_processor(base, observation)
     dtype = torch.bfloat16 if training_args.bf16 else torch.float32
     model = load_vlm(base, device=torch.device("cpu"), dtype=dtype)
@@ -332,6 +346,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "samples": len(dataset),
+        "rehearsal_samples": rehearsed,
         "reflections_pool": pool,
         "epochs": training_args.num_train_epochs,
         "global_steps": trainer.state.global_step,

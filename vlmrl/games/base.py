@@ -78,6 +78,8 @@ class Game:
     #: The probe's questions about an observation and the pre-training's caption prompt (perception).
     questions: tuple[Question, ...] = ()
     caption_prompt: str | None = None
+    #: The caption read back slot by slot (``vlmrl.grounding.read_captions``): (slot name, its pieces).
+    caption_slots: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __init__(self, game_id: str | None = None) -> None:
         self.id = game_id or self.default_id
@@ -147,3 +149,83 @@ class Game:
 
     #: Tokens the caption adds to a tokenizer.
     caption_vocabulary: tuple[str, ...] = ()
+
+    # --- hindsight: the later frame where a decision's consequence shows --------------------------
+
+    #: The outcomes ``outcome_step`` can find; "next" (the next frame) and "point" (a reward) work for any game.
+    outcomes: tuple[str, ...] = ("point", "next")
+    #: The outcome a hindsight reflector is shown unless told otherwise.
+    default_outcome: str = "point"
+    _OUTCOME_TEXT = {
+        "next": "the next frame",
+        "point": "the frame after the next point was decided (or the last frame, if none was)",
+    }
+
+    def outcome_reached(self, outcome: str, ram: RAM, reward_before: float) -> bool:
+        """Whether a step (its RAM, and the reward of the step before it) shows ``outcome``.
+
+        The generic outcome is a point decided: any nonzero reward. A game adds its own outcomes
+        (Pong: the ball at the player's column) by overriding this and ``outcomes``.
+        """
+        return reward_before != 0
+
+    def outcome_step(
+        self, rams: Sequence[RAM], rewards: Sequence[float], t: int, *, outcome: str | None = None,
+        max_lookahead: int | None = None,
+    ) -> int:
+        """Index (into one episode's steps) of the step whose frame shows how step ``t`` turned out.
+
+        ``next``: step t + 1. Otherwise the first later step where ``outcome_reached`` holds (the
+        reward of step s is earned by acting at s, so its frame is step s + 1's); the episode's last
+        step, or ``t + max_lookahead``, if that comes first. The last step of an episode is its own outcome.
+        """
+        outcome = outcome or self.default_outcome
+        if outcome not in self.outcomes:
+            raise ValueError(f"unknown outcome {outcome!r} for {self.name}: use one of {', '.join(self.outcomes)}")
+        if max_lookahead is not None and max_lookahead < 1:
+            raise ValueError(f"the outcome's lookahead must be at least 1 step, got {max_lookahead}")
+        last = len(rams) - 1
+        if max_lookahead is not None:
+            last = min(last, t + max_lookahead)
+        if t >= last:
+            return t
+        if outcome == "next":
+            return t + 1
+        for s in range(t + 1, last + 1):
+            if self.outcome_reached(outcome, rams[s], float(rewards[s - 1])):
+                return s
+        return last
+
+    def outcome_description(self, outcome: str | None = None) -> str:
+        """What the outcome frame is, in words for the reflection prompt."""
+        outcome = outcome or self.default_outcome
+        return self._OUTCOME_TEXT.get(outcome, outcome)
+
+    # --- grounded reflection: the model's answers, the game's rules ----------------------------
+
+    #: Settings of the game's answers-to-action mapping (Pong: ``GroundedRules``); None: no grounded reflection.
+    grounded_rules: Any = None
+
+    def grounded_correction(self, answers: GroundedAnswers) -> tuple[str, str]:
+        """The corrected action class and an analysis quoting the answers (games that define the mapping)."""
+        raise ValueError(
+            f"no grounded reflection is known for {self.name}: it needs the game's questions, caption and a "
+            "mapping from answers to actions (Pong has one); use the oracle, self or model: reflector"
+        )
+
+
+@dataclass
+class GroundedAnswers:
+    """What a model answered about one step, for ``Game.grounded_correction``.
+
+    Captions are ``{slot name: piece}`` (``Game.caption_slots``): ``now`` of the step's observation,
+    ``before`` of the previous step's, ``outcome`` of the outcome step's and the step before it (in
+    that order); ``directions`` are the answers to the game's direction question on the step and
+    the next ones (hindsight: later frames of the same episode).
+    """
+
+    now: dict[str, str]
+    before: dict[str, str]
+    outcome: list[dict[str, str]]
+    directions: list[str]
+    action_taken: str

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmrl.games import register_game
-from vlmrl.games.base import RAM, Game, OracleDecision, Question, decide_batch
+from vlmrl.games.base import RAM, Game, GroundedAnswers, OracleDecision, Question, decide_batch
 from vlmrl.prompts import option_text
 
 GAME_ID = "ALE/Pong-v5"
@@ -55,6 +55,8 @@ _CPU_Y, _BALL_X, _PLAYER_Y, _BALL_Y = 50, 49, 51, 54
 
 # Geometry, measured frame by frame in ALE/Pong-v5 (RAM units).
 PLAYER_HIT_X = 188  # ball x at which the player's paddle sends it back
+# The ball has reached the player's column: a returned ball turns at x 184-186, a missed one passes 188.
+PLAYER_COLUMN_X = 184
 WALL_TOP_Y = 44.5  # the ball turns between y 44 and 45 ...
 WALL_BOTTOM_Y = 206.5  # ... and between 206 and 207
 PADDLE_MIN_Y, PADDLE_MAX_Y = 38, 203  # the paddle's RAM y stops here
@@ -310,6 +312,16 @@ CAPTION_TOKENS: list[str] = [
     "<hnone>",
 ]
 CAPTION_PROMPT = "Describe the ball and your paddle."
+# The caption's six slots and the pieces each may hold, in ``caption_tokens``' order: what a reader
+# of the caption (the grounded reflector) chooses from at each position.
+CAPTION_SLOTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("above_below", (option_text("above"), option_text("below"), NO_BALL)),
+    ("ball_row", (*[f"<y{i}>" for i in range(BUCKETS)], NO_BALL)),
+    ("ball_col", (*[f"<x{i}>" for i in range(BUCKETS)], NO_BALL)),
+    ("paddle_row", tuple(f"<p{i}>" for i in range(BUCKETS))),
+    ("vertical", (option_text("up"), option_text("down"), "<vnone>", NO_BALL)),
+    ("horizontal", (option_text("toward"), option_text("away"), "<hnone>", NO_BALL)),
+)
 
 
 def _bucket(value: int, size: int) -> int:
@@ -373,6 +385,75 @@ QUESTIONS: tuple[Question, ...] = (
 QUESTIONS_BY_NAME: dict[str, Question] = {q.name: q for q in QUESTIONS}
 
 
+# --- grounded reflection: the model's answers, the game's rules ---------------------------------
+
+
+@dataclass(frozen=True)
+class GroundedRules:
+    """How Pong turns a model's answers about a step and its outcome into the corrected action.
+
+    The oracle's own rule with hindsight for its prediction: aim the paddle's resting place (where
+    it is plus ``momentum`` of its last move, as the oracle reckons) at the row where the ball
+    actually arrived at your column when it came toward you, at the middle otherwise; no move within
+    ``margin`` rows of it (the oracle's dead band: one press moves the paddle ~22).
+    """
+
+    margin: float = 11.0
+    momentum: float = 0.75
+    # Keep the action taken when the outcome shows the ball meeting the paddle (its row within a bucket).
+    keep_when_met: bool = False
+    # The question whose answers say whether the ball was coming toward you, asked on this step and
+    # the next ``direction_looks - 1`` (the majority decides: one look is right ~0.8 of the time, three ~0.84).
+    direction_question: str = "horizontal"
+    direction_looks: int = 3
+    # Captions read at the outcome step and the steps before it: the first that shows the ball gives
+    # its arrival row (the model misses the ball in ~15% of frames where it touches the paddle).
+    outcome_looks: int = 2
+
+
+def _bucket_centre(piece: str | None) -> float | None:
+    """The centre row (cropped playfield pixels) of a caption's row piece ("<y7>", "<p3>"); None for none."""
+    if not piece or not piece.startswith(("<y", "<p")):
+        return None
+    return int(piece[2:-1]) * PLAYFIELD_HEIGHT / BUCKETS + PLAYFIELD_HEIGHT / BUCKETS / 2
+
+
+def grounded_correction(answers: GroundedAnswers, rules: GroundedRules) -> tuple[str, str]:
+    """The corrected action class and an analysis quoting the model's answers (never the RAM)."""
+    now = answers.now
+    paddle = _bucket_centre(now.get("paddle_row"))
+    if paddle is None:
+        raise ValueError("the grounded correction needs the caption's paddle row of the step (slot paddle_row)")
+    before = _bucket_centre(answers.before.get("paddle_row"))
+    paddle_v = 0.0 if before is None else paddle - before
+    rest = paddle + rules.momentum * paddle_v
+    seen = now.get("above_below", NO_BALL) != NO_BALL
+    toward = sum(d == "toward" for d in answers.directions)
+    coming = seen and 2 * toward > len(answers.directions)
+    arrival_caption = next((c for c in answers.outcome if _bucket_centre(c.get("ball_row")) is not None), None)
+    ball = (f"ball {now.get('above_below', '').strip()} my paddle, ball row {now.get('ball_row')}" if seen
+            else "no ball")
+    said = [f"this frame: {ball}, my paddle row {now.get('paddle_row')} (before: {answers.before.get('paddle_row')})",
+            f"the ball coming toward me: {toward} of {len(answers.directions)} looks"]
+    if coming and arrival_caption is not None:
+        arrival = _bucket_centre(arrival_caption["ball_row"])
+        said.append(f"at the outcome: ball row {arrival_caption['ball_row']}, my paddle row "
+                    f"{arrival_caption.get('paddle_row')}")
+        met = _bucket_centre(arrival_caption.get("paddle_row"))
+        if rules.keep_when_met and met is not None and abs(met - arrival) <= PLAYFIELD_HEIGHT / BUCKETS:
+            cls = ACTION_CLASSES[answers.action_taken.upper()]
+            return cls, (f"I said {'; '.join(said)}. The ball met my paddle, so {answers.action_taken} "
+                         "was right.")
+        target, where = arrival, f"where the ball arrived (row ~{arrival:.0f})"
+    else:
+        target, where = PLAYFIELD_HEIGHT / 2, "the middle, the ball not coming toward me"
+    error = target - rest  # > 0: the paddle had to go down
+    cls = "down" if error > rules.margin else "up" if error < -rules.margin else "stay"
+    verdict = {"stay": "stay", "up": "move up", "down": "move down"}[cls]
+    return cls, (f"I said {'; '.join(said)}. My paddle was coming to rest near row {rest:.0f}; the target was "
+                 f"{where}, so I should {verdict} ({CLASS_ACTIONS[cls]}).")
+
+
 @register_game
 class Pong(Game):
     """ALE/Pong-v5 and its other ids (PongNoFrameskip-v4, ALE/Pong-ram-v5, ...)."""
@@ -388,10 +469,30 @@ class Pong(Game):
     phases = BALL_PHASES
     questions = QUESTIONS
     caption_prompt = CAPTION_PROMPT
+    caption_slots = CAPTION_SLOTS
     caption_vocabulary = tuple(CAPTION_TOKENS)
+
+    outcomes = ("ball_at_paddle", "point", "next")
+    default_outcome = "ball_at_paddle"
+    grounded_rules = GroundedRules()
 
     def make_oracle(self) -> PongOracle:
         return PongOracle()
+
+    def outcome_reached(self, outcome: str, ram: RAM, reward_before: float) -> bool:
+        """``ball_at_paddle``: the ball at the player's column, or the point decided before it got there."""
+        if outcome != "ball_at_paddle":
+            return super().outcome_reached(outcome, ram, reward_before)
+        state = parse_pong_ram(ram)
+        return reward_before != 0 or (state.ball_in_play and state.ball_x >= PLAYER_COLUMN_X)
+
+    def outcome_description(self, outcome: str | None = None) -> str:
+        if (outcome or self.default_outcome) == "ball_at_paddle":
+            return "the frame when the ball reached your paddle's column (or the point was decided first)"
+        return super().outcome_description(outcome)
+
+    def grounded_correction(self, answers: GroundedAnswers) -> tuple[str, str]:
+        return grounded_correction(answers, self.grounded_rules)
 
     def phase(self, ram: RAM, prev_ram: RAM | None) -> str:
         return ball_phase(ram, prev_ram)
