@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from vlmrl.tiny_model import CHAT_TEMPLATE, PONG_ACTIONS, SPECIAL_TOKENS
+from vlmrl.games.pong import ACTIONS as PONG_ACTIONS
+from vlmrl.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 RECIPE_TILE = 384  # recipes/SmolVLM-Instruct/pong/*.yaml: image_size 384, one tile, no splitting
 SHAPES_FILE = "real_shapes.json"
