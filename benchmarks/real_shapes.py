@@ -195,6 +195,7 @@ def measure_reflection(model, processor, frames, args, device) -> list[dict]:
     reflector.name, reflector.game, reflector.actions = "self", get_game(GAME_ID), PONG_ACTIONS
     reflector.observation, reflector.model, reflector.processor = observation_config(args.tile), model, processor
     reflector.max_new_tokens, reflector.retries, reflector.invalid = args.reflect_tokens, 0, 0
+    reflector.outcome_views, reflector.later_views = 0, 0  # no hindsight: the step and the next frame
     rows = []
     for batch in args.reflect_batch_sizes:
         items = [

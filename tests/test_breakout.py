@@ -204,7 +204,7 @@ def test_the_breakout_recipes_name_breakout_in_every_phase(model, tmp_path):
     settings = recipe_settings(recipe)
     assert settings["game"] == "ALE/Breakout-v5"
     phases = (("collect", CollectArguments, []), ("reflect", ReflectArguments, ["--episodes", "e"]),
-              ("evaluate", EvaluateArguments, ["--model", "m"]))
+              ("evaluate", EvaluateArguments, ["--policy", "random"]))
     for phase, types, required in phases:
         (args,) = parse((types,), ["--config", str(recipe / f"{phase}.yaml"), *required])
         assert args.game == "ALE/Breakout-v5", phase

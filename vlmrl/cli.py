@@ -137,6 +137,8 @@ def parse(dataclass_types: tuple, argv: list[str] | None = None, defaults: dict 
 
     from trl import TrlParser
 
+    if sys.argv and sys.argv[0].startswith("vlmrl "):  # run as `vlmrl <command>`: that is its name in messages
+        prog = sys.argv[0]
     parser = TrlParser(dataclass_types, prog=prog)
     parser.error = lambda message: _raise_usage(parser.prog, message)
     # --config is read here, before argparse sees the arguments, so --help would not list it otherwise.

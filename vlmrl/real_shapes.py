@@ -199,7 +199,9 @@ def parameter_count(shape: RealShape) -> dict[str, int]:
 
 def _corpus() -> list[str]:
     """What the BPE learns from: the prompts and answers the model meets, action names spelled in pieces."""
-    from vlmrl.perception import GAME_ID
+    from vlmrl.games import get_game
+
+    game = get_game("ALE/Pong-v5")
     from vlmrl.prompts import REFLECTION_KEYS, acting_messages, format_answer, reflection_messages
 
     def spell(text: str) -> str:
@@ -210,9 +212,9 @@ def _corpus() -> list[str]:
     rng = random.Random(0)
     texts = []
     for n in (1, 2):
-        for message in acting_messages(GAME_ID, PONG_ACTIONS, n, "rgb"):
+        for message in acting_messages(game, PONG_ACTIONS, n, "rgb"):
             texts += [c["text"] for c in message["content"] if c["type"] == "text"]
-    for message in reflection_messages(GAME_ID, PONG_ACTIONS, action_taken="LEFT", reasoning="r", reward=-1.0,
+    for message in reflection_messages(game, PONG_ACTIONS, action_taken="LEFT", reasoning="r", reward=-1.0,
                                        return_to_go=-0.5, num_images_now=1, num_images_next=1):
         texts += [c["text"] for c in message["content"] if c["type"] == "text"]
     words = ("the ball is above below level with my paddle moving up down toward away from me so I move to meet it "
@@ -433,14 +435,16 @@ def image_tokens_in_prompt(shape: RealShape, tile: int = RECIPE_TILE) -> int:
 
 def recipe_text_tokens() -> dict[str, int]:
     """Estimated text tokens of the recipe's prompts and answers with a real tokenizer (chars / 3.5)."""
-    from vlmrl.perception import GAME_ID
+    from vlmrl.games import get_game
+
+    game = get_game("ALE/Pong-v5")
     from vlmrl.prompts import acting_messages, format_answer, reflection_messages
 
     def chars(messages) -> int:
         return sum(len(c["text"]) for m in messages for c in m["content"] if c["type"] == "text") + 40  # roles
 
-    acting = chars(acting_messages(GAME_ID, PONG_ACTIONS, 1, "rgb"))
-    reflecting = chars(reflection_messages(GAME_ID, PONG_ACTIONS, action_taken="LEFTFIRE", reasoning="x" * 120,
+    acting = chars(acting_messages(game, PONG_ACTIONS, 1, "rgb"))
+    reflecting = chars(reflection_messages(game, PONG_ACTIONS, action_taken="LEFTFIRE", reasoning="x" * 120,
                                            reward=0.0, return_to_go=-0.5, num_images_now=1, num_images_next=1))
     answer = len(format_answer("RIGHTFIRE", "x" * 100)) + 20  # a ~100-character reasoning, end of utterance
     return {k: int(round(v / CHARS_PER_TOKEN)) for k, v in
