@@ -213,14 +213,16 @@ def measure_reflection(model, processor, frames, args, device) -> list[dict]:
 
 def training_batch(processor, frames, batch: int, device) -> dict:
     """One batch as TRL would make it: acting prompt + frame + the answer, loss on the answer only."""
+    from vlmrl.games import get_game
     from vlmrl.observation import encode_observation
     from vlmrl.prompts import acting_messages, format_answer
 
     obs = observation_config(processor.image_processor.size["longest_edge"])
-    prompt = processor.apply_chat_template(acting_messages(GAME_ID, PONG_ACTIONS, 1, "rgb"), add_generation_prompt=True)
+    prompt = processor.apply_chat_template(acting_messages(get_game(GAME_ID), PONG_ACTIONS, 1, "rgb"),
+                                           add_generation_prompt=True)
     answer = format_answer("RIGHTFIRE", "the ball is above my paddle and moving up, so I move up to meet it")
     texts = [prompt + " " + answer + "<end_of_utterance>"] * batch
-    images = [encode_observation([frames[i % len(frames)][0]], obs, GAME_ID) for i in range(batch)]
+    images = [encode_observation([frames[i % len(frames)][0]], obs, get_game(GAME_ID)) for i in range(batch)]
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
     labels = inputs["input_ids"].clone()
     prompt_len = len(processor(text=[prompt], images=[images[0]], return_tensors="pt")["input_ids"][0])
