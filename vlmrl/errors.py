@@ -16,8 +16,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 _DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 # How libraries that wrap the OS error (torch's zip writer, safetensors' Rust writer) say the same.
+# torch's zip writer says only "file write failed" (no errno): in practice a full or vanished disk.
 _DISK_WORDS = ("No space left on device", "StorageFull", "os error 28", "Read-only file system", "os error 30",
-               "Disk quota exceeded")
+               "Disk quota exceeded", "file write failed")
 
 
 def disk_error(err: BaseException) -> str | None:
