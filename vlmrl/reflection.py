@@ -84,12 +84,16 @@ def select_steps(
     returns = np.asarray(returns, dtype=np.float64)
     poor = np.flatnonzero(returns < 0)
     candidates = poor if reflect_on == "poor" else np.arange(len(returns))
+    return sample_rows(candidates, rate, max_reflections, seed), len(poor)
+
+
+def sample_rows(candidates: np.ndarray, rate: float, max_reflections: int | None, seed: int) -> np.ndarray:
+    """A seeded share ``rate`` of the candidate rows (at most ``max_reflections``), without repeats, sorted."""
     rng = np.random.default_rng(seed)
     n = int(round(len(candidates) * rate))
     if max_reflections is not None:
         n = min(n, max_reflections)
-    chosen = np.sort(rng.choice(candidates, size=n, replace=False)) if n else np.array([], dtype=np.int64)
-    return chosen, len(poor)
+    return np.sort(rng.choice(candidates, size=n, replace=False)) if n else np.array([], dtype=np.int64)
 
 
 def select_good_steps(
@@ -110,12 +114,7 @@ def select_good_steps(
         means = {e: returns[episode_ids == e].mean() for e in np.unique(episode_ids)}
         score = returns - np.array([means[e] for e in episode_ids])
     good = np.flatnonzero(score > 0)
-    rng = np.random.default_rng(seed)
-    n = int(round(len(good) * rate))
-    if max_reflections is not None:
-        n = min(n, max_reflections)
-    chosen = np.sort(rng.choice(good, size=n, replace=False)) if n else np.array([], dtype=np.int64)
-    return chosen, len(good)
+    return sample_rows(good, rate, max_reflections, seed), len(good)
 
 
 def perception_answers(game: Game, ram: np.ndarray, prev_ram: np.ndarray | None, frame: np.ndarray) -> str:

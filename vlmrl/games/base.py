@@ -35,6 +35,15 @@ class Oracle(Protocol):
     def decide(self, ram: RAM, prev_ram: RAM | None = None) -> OracleDecision: ...
 
 
+RAM_SIZE = 128  # every Atari 2600 game's RAM
+
+
+def check_ram(ram: RAM, game: str) -> None:
+    """A clear error for something that is not a 128-byte console RAM."""
+    if len(ram) != RAM_SIZE:
+        raise ValueError(f"{game} RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()")
+
+
 def decide_batch(oracle: Oracle, rams: Sequence[RAM], prev_rams: Sequence[RAM | None] | None = None) -> list:
     """``oracle.decide`` for each (ram, prev_ram) pair; ``prev_rams`` None means no history for any."""
     if prev_rams is None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vlmrl.games import register_game
-from vlmrl.games.base import RAM, Game, OracleDecision, decide_batch
+from vlmrl.games.base import RAM, RAM_SIZE, Game, OracleDecision, check_ram, decide_batch
 
 GAME_ID = "ALE/Breakout-v5"
 # Breakout's minimal action set (ALE), in ALE's order.
@@ -58,7 +58,6 @@ RULES = (
 ACTION_CLASSES: dict[str, str] = {"NOOP": "stay", "FIRE": "serve", "RIGHT": "right", "LEFT": "left"}
 CLASS_ACTIONS: dict[str, str] = {"stay": "NOOP", "serve": "FIRE", "right": "RIGHT", "left": "LEFT"}
 
-RAM_SIZE = 128
 # RAM addresses, verified against pixels (module docstring).
 _PADDLE_X, _BALL_X, _BALL_Y, _LIVES = 72, 99, 101, 57
 
@@ -95,8 +94,7 @@ def make_breakout_ram(paddle_x: int = 120, ball_x: int = 0, ball_y: int = 0, liv
 
 def parse_breakout_ram(ram: RAM) -> BreakoutState:
     """Read the paddle, the ball and the lives from Breakout's 128-byte RAM."""
-    if len(ram) != RAM_SIZE:
-        raise ValueError(f"Breakout RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()")
+    check_ram(ram, "Breakout")
     # int() because numpy uint8 differences wrap around.
     return BreakoutState(
         paddle_x=int(ram[_PADDLE_X]), ball_x=int(ram[_BALL_X]), ball_y=int(ram[_BALL_Y]), lives=int(ram[_LIVES])

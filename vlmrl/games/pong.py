@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlmrl.games import register_game
-from vlmrl.games.base import RAM, Game, GroundedAnswers, OracleDecision, Question, decide_batch
+from vlmrl.games.base import (
+    RAM,
+    Game,
+    GroundedAnswers,
+    OracleDecision,
+    Question,
+    check_ram,
+    decide_batch,
+)
 from vlmrl.prompts import option_text
 
 GAME_ID = "ALE/Pong-v5"
@@ -49,7 +57,6 @@ ACTION_CLASSES: dict[str, str] = {
 # The action the oracle emits for each class: the plain one, never its FIRE twin.
 CLASS_ACTIONS: dict[str, str] = {"up": "RIGHT", "down": "LEFT", "stay": "NOOP"}
 
-RAM_SIZE = 128
 # RAM addresses (verified against pixels, FACTS.md).
 _CPU_Y, _BALL_X, _PLAYER_Y, _BALL_Y = 50, 49, 51, 54
 
@@ -89,8 +96,7 @@ def make_pong_ram(ball_x: int = 0, ball_y: int = 0, player_y: int = 100, cpu_y: 
 
 def parse_pong_ram(ram: RAM) -> PongState:
     """Read the paddles and the ball from Pong's 128-byte RAM."""
-    if len(ram) != RAM_SIZE:
-        raise ValueError(f"Pong RAM must have {RAM_SIZE} bytes, got {len(ram)}; pass env.unwrapped.ale.getRAM()")
+    check_ram(ram, "Pong")
     # int() because numpy uint8 differences wrap around.
     return PongState(
         player_y=int(ram[_PLAYER_Y]), cpu_y=int(ram[_CPU_Y]), ball_x=int(ram[_BALL_X]), ball_y=int(ram[_BALL_Y])
