@@ -203,7 +203,8 @@ def test_the_breakout_recipes_name_breakout_in_every_phase(model, tmp_path):
     recipe = Path(__file__).resolve().parent.parent / "recipes" / model / "breakout"
     settings = recipe_settings(recipe)
     assert settings["game"] == "ALE/Breakout-v5"
-    phases = (("collect", CollectArguments, []), ("reflect", ReflectArguments, ["--episodes", "e"]),
+    # The recipe's model is built by `make tiny-model`; a fresh clone has none, so collection plays randomly here.
+    phases = (("collect", CollectArguments, ["--policy", "random"]), ("reflect", ReflectArguments, ["--episodes", "e"]),
               ("evaluate", EvaluateArguments, ["--policy", "random"]))
     for phase, types, required in phases:
         (args,) = parse((types,), ["--config", str(recipe / f"{phase}.yaml"), *required])
