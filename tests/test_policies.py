@@ -122,6 +122,30 @@ def test_generate_mode_records_invalid_and_falls_back(tiny_model, pong_actions, 
         assert d.valid or d.action == "NOOP"
 
 
+def test_sampled_answers_follow_each_episode_stream_whatever_the_batch(tiny_model, pong_actions, frames):
+    import numpy as np
+
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    policy = VLMPolicy(model, processor, PONG, pong_actions, MOTION, decode="generate", temperature=1.5,
+                       max_new_tokens=6)
+
+    def answers(episode_seeds: list[int]) -> dict[int, str]:
+        obs = _observations(frames, len(episode_seeds))
+        for o, seed in zip(obs, episode_seeds, strict=True):
+            o.rng = np.random.default_rng(seed)
+        return {seed: d.raw_output for seed, d in zip(episode_seeds, policy.act(obs), strict=True)}
+
+    together = answers([11, 12, 13])
+    alone = answers([12])
+    assert alone[12] == answers([12])[12]  # the same stream, the same sample
+    # Episode 12 sampled beside others or alone (same frame: the second observation) draws the same text.
+    obs = _observations(frames, 2)[1:]
+    obs[0].rng = np.random.default_rng(12)
+    assert policy.act(obs)[0].raw_output == together[12]
+    assert len(set(together.values())) > 1  # the streams differ: the samples differ
+
+
 def test_bad_policy_settings(tiny_model, pong_actions):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)

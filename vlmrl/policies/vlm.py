@@ -297,6 +297,20 @@ class VLMPolicy:
 
     @torch.inference_mode()
     def _generate(self, observations: list[Observation]) -> list[Decision]:
+        if self.temperature > 0 and all(o.rng is not None for o in observations):
+            # Sampled answers drawn from each episode's own stream: one row at a time, torch's generator
+            # seeded from the episode's stream, so an episode's answers do not depend on its batch-mates
+            # and a resumed collection samples what the uninterrupted one did.
+            decisions = []
+            devices = [self.device] if self.device.type == "cuda" else []
+            for observation in observations:
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(int(observation.rng.integers(2**62)))
+                    decisions += self._generate_batch([observation])
+            return decisions
+        return self._generate_batch(observations)
+
+    def _generate_batch(self, observations: list[Observation]) -> list[Decision]:
         inputs = self._to_device(self.encoder.encode(observations))
         kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0}
         if self.min_new_tokens:
