@@ -255,8 +255,7 @@ def collect(args: CollectArguments) -> dict:
             "wall_s": elapsed,
             "processes": state.num_processes,
             "settings": _settings(args),
-            "observation": {k: v for k, v in resume_settings(args).items()
-                            if k in ("frames", "encoding", "crop", "image_size")},
+            "observation": {k: v for k, v in settings.items() if k in ("frames", "encoding", "crop", "image_size")},
         }
     )
     if state.is_main_process:

@@ -22,6 +22,7 @@ from vlmrl.games import Game
 from vlmrl.games.base import GroundedAnswers, decide_batch
 from vlmrl.observation import ObservationConfig, encode_observation
 from vlmrl.prompts import REFLECTION_KEYS, json_objects, parse_answer, reflection_messages
+from vlmrl.scoring import to_model
 
 
 @dataclass
@@ -118,8 +119,7 @@ class ModelReflector:
             inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
-        device, dtype = next(self.model.parameters()).device, next(self.model.parameters()).dtype
-        inputs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}
+        inputs = to_model(inputs, self.model)
         out = self.model.generate(
             **inputs, max_new_tokens=self.max_new_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id
         )

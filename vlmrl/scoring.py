@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 
 
-def _to(inputs, model) -> dict:
+def to_model(inputs, model) -> dict:
+    """Processor outputs on the model's device; pixel values in the model's dtype (bf16 on a GPU)."""
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     return {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}
 
@@ -58,14 +59,14 @@ def score_continuations(
         if not full_sequence:
             firsts = [ids[0] for ids in option_token_ids(tokenizer, continuations)]
             texts = list(prompt) if per_image else [prompt] * len(images)
-            inputs = _to(processor(text=texts, images=images, return_tensors="pt", padding=True), model)
+            inputs = to_model(processor(text=texts, images=images, return_tensors="pt", padding=True), model)
             if per_image:  # prompts of different lengths are left-padded: positions count from each one's start
                 inputs["position_ids"] = (inputs["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
             return torch.log_softmax(logits, dim=-1)[:, torch.tensor(firsts, device=logits.device)].cpu()
         texts = [prompt + c for _ in images for c in continuations]
         repeated = [im for im in images for _ in continuations]
-        inputs = _to(processor(text=texts, images=repeated, return_tensors="pt", padding=True), model)
+        inputs = to_model(processor(text=texts, images=repeated, return_tensors="pt", padding=True), model)
     finally:
         tokenizer.padding_side = side
     # Each continuation's own tokens: those of prompt + continuation beyond the prompt's.

@@ -145,7 +145,8 @@ def draw_budget(sizes: list[int], classes: list[str] | None, budget: int, newest
 
 
 def load_reflections(references: list[str], keep_correct_action: bool = False):
-    """Concatenates the reflections datasets, checking each is usable training data."""
+    """Concatenates the reflections datasets, checking each is usable training data; returns the dataset
+    and each reference's row count (in order: the budget's draw weighs the newest part)."""
     if not references:
         raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
     parts = []
@@ -159,7 +160,7 @@ def load_reflections(references: list[str], keep_correct_action: bool = False):
         wanted = ("prompt", "completion", "image", "images", *(("correct_action",) if keep_correct_action else ()))
         keep = [c for c in wanted if c in ds.column_names]
         parts.append(ds.select_columns(keep))
-    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), [len(p) for p in parts]
 
 
 def cpu_defaults() -> dict:
@@ -285,12 +286,11 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     output_dir = Path(training_args.output_dir)
     if training_args.process_index == 0:
         ensure_writable(output_dir)
-    dataset = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
+    dataset, sizes = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
     pool = len(dataset)
     if script_args.sample_budget is not None:
         game = get_game(script_args.game)
         classes = [game.action_class(a) for a in dataset["correct_action"]] if script_args.balance_actions else None
-        sizes = [len(load_dataset_reference(ref)) for ref in script_args.reflections]
         dataset = dataset.select(draw_budget(sizes, classes, script_args.sample_budget, script_args.newest_share,
                                              seed=training_args.seed))
     elif script_args.balance_actions:

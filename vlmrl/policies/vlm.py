@@ -14,7 +14,7 @@ from vlmrl.observation import ObservationConfig, encode_batch, encode_observatio
 from vlmrl.policies import register_policy
 from vlmrl.policies.base import Decision, Observation
 from vlmrl.prompts import ANSWER_PREFIX, acting_messages, parse_answer
-from vlmrl.scoring import score_continuations
+from vlmrl.scoring import score_continuations, to_model
 
 
 class PromptEncoder:
@@ -155,12 +155,7 @@ class VLMPolicy:
         self._prefix_verified = False
 
     def _to_device(self, inputs: dict) -> dict:
-        dtype = next(self.model.parameters()).dtype
-        out = {}
-        for key, value in inputs.items():
-            value = value.to(self.device)
-            out[key] = value.to(dtype) if key == "pixel_values" else value
-        return out
+        return to_model(inputs, self.model)
 
     @torch.inference_mode()
     def action_logprobs(self, observations: list[Observation]) -> torch.Tensor:
