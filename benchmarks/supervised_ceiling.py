@@ -114,6 +114,9 @@ def ram_mlp(train_x, train_y, test_x, jitter: int, seed: int = 0, epochs: int = 
         return net(torch.from_numpy(noisy(test_x).astype(np.float32) * scale)).argmax(-1).numpy()
 
 
+FIT_STATES = 4000  # training states the fine-tuned model is also scored on
+
+
 def score(predicted: np.ndarray, truth: np.ndarray, phases: list[str]) -> dict:
     agrees = (predicted == truth).tolist()
     split = agreement_by_phase(agrees, phases, GAME.phases)
@@ -122,8 +125,9 @@ def score(predicted: np.ndarray, truth: np.ndarray, phases: list[str]) -> dict:
             "steps": len(agrees)}
 
 
-def model_predictions(checkpoint: str, test_dir: Path) -> np.ndarray:
-    """The fine-tuned model's greedy class on each held-out step (constrained decoding, as it plays)."""
+def model_predictions(checkpoint: str, test_dir: Path, limit: int | None = None) -> np.ndarray:
+    """The fine-tuned model's greedy class on each step of ``test_dir`` (constrained decoding, as it
+    plays); the first ``limit`` steps only when given."""
     from datasets import load_dataset
 
     from vlmrl.models import load_processor, load_vlm
@@ -137,9 +141,10 @@ def model_predictions(checkpoint: str, test_dir: Path) -> np.ndarray:
     ds = load_dataset(str(test_dir / "episodes"), split="train")
     row = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ds["episode_id"], ds["step"], strict=True))}
     out = []
-    for start in range(0, len(ds), 64):
+    end = len(ds) if limit is None else min(limit, len(ds))
+    for start in range(0, end, 64):
         batch = []
-        for r in range(start, min(start + 64, len(ds))):
+        for r in range(start, min(start + 64, end)):
             e, s = int(ds[r]["episode_id"]), int(ds[r]["step"])
             frames = [np.asarray(ds[row[(e, max(s - j, 0))]]["frame"].convert("RGB"))
                       for j in range(observation.frames - 1, -1, -1)]
@@ -194,7 +199,7 @@ def main() -> None:
         rams, prevs, _ = ram_pairs(part / "episodes")
         data[name] = (features(rams, prevs), oracle_classes(rams, prevs), [GAME.phase(r, p) for r, p in
                                                                            zip(rams, prevs, strict=True)])
-    (train_x, train_y, _), (test_x, test_y, test_phases) = data["train"], data["test"]
+    (train_x, train_y, train_phases), (test_x, test_y, test_phases) = data["train"], data["test"]
     report["train_states"], report["test_states"] = len(train_y), len(test_y)
     report["label_share"] = {c: round(float(np.mean(test_y == i)), 3) for i, c in enumerate(CLASSES)}
     for name, jitter in (("ram_exact", 0), ("ram_jitter1", 1)):
@@ -212,6 +217,10 @@ def main() -> None:
             entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],
                      "train_loss": round(metrics["train_loss"], 4)}
             entry.update(score(model_predictions(str(out), parts["test"]), test_y, test_phases))
+            # The same on training states it has seen: far above held-out means too few labels,
+            # level with it means the learner cannot fit them (capacity or optimisation).
+            fit = model_predictions(str(out), parts["train"], limit=FIT_STATES)
+            entry["train_fit"] = score(fit, train_y[:len(fit)], train_phases[:len(fit)])
             report["model_epochs"].append(entry)
             print(json.dumps(entry), flush=True, file=__import__("sys").stderr)
             current = str(out)

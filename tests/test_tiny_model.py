@@ -121,6 +121,26 @@ def test_cli_rejects_bad_pretrain_settings(tmp_path):
         main(["--output-dir", str(tmp_path / "x"), "--pretrain-frames", "0", "--threads", "0"])
 
 
+def test_cli_shape_flags_reach_the_config_and_bad_shapes_exit_2(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_build(out, config, **kw):
+        seen.append(config)
+        out.mkdir(parents=True)
+        (out / tiny_model.TINY_CONFIG_FILE).write_text('{"report": {}}')
+        return out
+
+    monkeypatch.setattr(tiny_model, "build_tiny_model", fake_build)
+    main(["--output-dir", str(tmp_path / "m"), "--no-pretrain", "--threads", "0",
+          "--text-hidden", "256", "--text-layers", "4", "--vision-hidden", "128", "--vision-layers", "3"])
+    assert (seen[0].text_hidden, seen[0].text_layers, seen[0].vision_hidden, seen[0].vision_layers) == (256, 4, 128, 3)
+    for flag, value in (("--text-hidden", "130"), ("--vision-hidden", "0"), ("--text-layers", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output-dir", str(tmp_path / "x"), flag, value])
+        assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_physics_caption_is_a_separate_recipe_and_the_default_recipe_is_unchanged():
     config = TinyModelConfig()
     observation = tiny_model.observation_config(config)

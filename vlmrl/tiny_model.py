@@ -400,6 +400,14 @@ def main(argv: list[str] | None = None) -> None:
         help="side of the observation image in pixels, a multiple of 32 (default %(default)s; 160 is Pong's cropped "
         "playfield pixel for pixel: ball and paddle positions exact)",
     )
+    shape = TinyModelConfig()
+    for flag, default, what in (
+        ("--text-hidden", shape.text_hidden, "width of the language model"),
+        ("--text-layers", shape.text_layers, "layers of the language model"),
+        ("--vision-hidden", shape.vision_hidden, "width of the vision encoder"),
+        ("--vision-layers", shape.vision_layers, "layers of the vision encoder"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if this recipe is already built there")
     parser.add_argument("--no-pretrain", action="store_true", help="keep the random initialisation (fast; for tests)")
     defaults = PretrainConfig()
@@ -428,7 +436,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.image_size < 32 or args.image_size % 32:
         parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale 2), got {args.image_size}")
-    config = TinyModelConfig(seed=args.seed, image_size=args.image_size)
+    for name, heads in (("text_hidden", shape.text_heads), ("vision_hidden", shape.vision_heads)):
+        value = getattr(args, name)
+        if value < heads or value % heads:
+            parser.error(f"--{name.replace('_', '-')} must be a positive multiple of {heads} (attention heads), "
+                         f"got {value}")
+    for name in ("text_layers", "vision_layers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    config = TinyModelConfig(seed=args.seed, image_size=args.image_size, text_hidden=args.text_hidden,
+                             text_layers=args.text_layers, vision_hidden=args.vision_hidden,
+                             vision_layers=args.vision_layers)
     pretrain = None
     if not args.no_pretrain:
         try:
