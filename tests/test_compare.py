@@ -181,3 +181,15 @@ def test_identical_runs_are_refused_as_two_seeds(tmp_path):
     assert report["methods"]["vlmrl (tiny/pong)"]["n_seeds"] == 2
     with pytest.raises(ValueError, match="identical settings .* not two seeds"):
         compare(runs, None, tmp_path / "refused")
+
+
+def test_thresholds_default_to_the_games_own_milestones(tmp_path, monkeypatch):
+    # The same curve on Breakout's scale: Pong's -15/-10/0 would all count as reached at step 0.
+    monkeypatch.setitem(globals(), "GAME", "ALE/Breakout-v5")
+    exp = _experiment(tmp_path, "b", [(0, [1.0, 2.0]), (5000, [6.0, 8.0]), (10000, [12.0, 14.0])])
+    report = compare([exp], None, tmp_path / "out")
+    assert report["game"] == "ALE/Breakout-v5" and report["thresholds"] == [5.0, 10.0, 30.5]
+    steps = next(iter(report["methods"].values()))["steps_to_threshold"]
+    assert steps == {"5": 5000, "10": 10000, "30.5": NOT_REACHED}
+    # Given explicitly, they win.
+    assert compare([exp], None, tmp_path / "out2", thresholds=[1.0])["thresholds"] == [1.0]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vlmrl import cli
+from vlmrl.games import get_game
 from vlmrl.results import (
     bootstrap_ci,
     game_slug,
@@ -34,7 +35,6 @@ from vlmrl.results import (
     validate_results,
 )
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (-15.0, -10.0, 0.0)
 NOT_REACHED = "not reached"
 _BUDGET_DIR = re.compile(r"^budget_(\d+)$")
 _SEED_DIR = re.compile(r"^seed_(\d+)$")
@@ -307,10 +307,12 @@ def compare(
     random_results: Sequence[str | Path] | None = None,
     oracle_results: Sequence[str | Path] | None = None,
     budgets: Sequence[int] | None = None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     game: str | None = None,
 ) -> dict[str, Any]:
-    """Write comparison.png, comparison.json and comparison.md to output_dir; return the report."""
+    """Write comparison.png, comparison.json and comparison.md to output_dir; return the report.
+
+    ``thresholds`` default to the game's own milestones (``Game.return_thresholds``)."""
     experiments = [load_experiment(d) for d in experiment_dirs]
     games = {results["game"] for run in experiments for results in run.results}
     if game is None:
@@ -323,6 +325,8 @@ def compare(
         if len(games) != 1:
             raise ValueError(f"baselines for several games {sorted(games)}: pass game='ALE/Pong-v5' (--game)")
         game = next(iter(games))
+    if thresholds is None:
+        thresholds = get_game(game).return_thresholds
     runs = experiments + baselines
     if not runs:
         raise ValueError(
@@ -398,8 +402,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--thresholds",
-        default=",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
-        help="Comma-separated returns whose first-reaching step counts are reported.",
+        default=None,
+        help="Comma-separated returns whose first-reaching step counts are reported (default: the game's "
+        "milestones, Pong -15,-10,0 and Breakout 5,10,30.5).",
     )
     parser.add_argument("--game", default=None, help="Game id when the inputs do not settle it (e.g. ALE/Pong-v5).")
     return parser.parse_args(argv)

@@ -82,6 +82,9 @@ class Game:
     playfield_rows: tuple[int, int] | None = None
     #: Luminance of the empty playfield, subtracted by the motion encoding.
     background_luminance: float = 0.0
+    #: Returns whose first-reaching agent step ``compare`` reports (milestones on this game's scale);
+    #: empty: none known, the comparison then reports the reference lines' returns it is given.
+    return_thresholds: tuple[float, ...] = ()
     #: Where a step sits in the game, for the agreement split (e.g. Pong's ball toward / away / none).
     phases: tuple[str, ...] = ()
     #: The probe's questions about an observation and the pre-training's caption prompt (perception).

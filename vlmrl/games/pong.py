@@ -472,6 +472,8 @@ class Pong(Game):
     actions = ACTIONS
     playfield_rows = PLAYFIELD_ROWS
     background_luminance = BACKGROUND_LUMINANCE
+    # Winning a third of the points, half of them, as many as the opponent (a return of 0).
+    return_thresholds = (-15.0, -10.0, 0.0)
     phases = BALL_PHASES
     questions = QUESTIONS
     caption_prompt = CAPTION_PROMPT
