@@ -28,6 +28,11 @@ EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
+# Who reflects and on what (learning without the oracle): REFLECTOR=grounded|self-imitation|self|model:<id>,
+# OUTCOME=ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set).
+REFLECTOR ?=
+OUTCOME ?=
+REHEARSAL_SHARE ?=
 # The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
 SEED ?=
 HUB ?=
@@ -52,6 +57,8 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
+	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
+	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,

@@ -101,6 +101,7 @@ def test_collect_names_a_damaged_shard_and_repair_fixes_it(tmp_path, capsys, epi
 @pytest.mark.parametrize("argv, match", [
     (["--reflector", "bogus"], "unknown reflector 'bogus'"),  # even with no poor step to reflect on
     (["--reflector", "model:"], "unknown reflector"),
+    (["--outcome", "ball_at_paddle", "--game", "ALE/Breakout-v5"], "not known for ALE/Breakout-v5"),
     (["--reflector", "model:/nonexistent/model", "--reflect-on", "all"], "does not exist"),
     (["--reflection-rate", "0"], "--reflection-rate must be in (0, 1]"),
     (["--config", "RECIPE:reflection_rate: [0.3]\n"], "reflection_rate must be a number, got [0.3]"),

@@ -80,6 +80,18 @@ def test_phase_commands_chain_the_iterations(tmp_path):
         collect2.index("--model") + 1] == str(exp / "iteration_1" / "checkpoint")
 
 
+
+def test_reflector_outcome_and_rehearsal_knobs_reach_their_phases(tmp_path):
+    recipe = _recipe(tmp_path, "base-model-path")
+    exp = tmp_path / "exp"
+    knobs = {"reflector": "grounded", "outcome": "point", "rehearsal_share": "0.2"}
+    reflect = phase_command("reflect", exp_dir=exp, recipe=recipe, k=1, overrides=knobs)
+    assert reflect[reflect.index("--reflector") + 1] == "grounded"
+    assert reflect[reflect.index("--outcome") + 1] == "point" and "--rehearsal-share" not in reflect
+    train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides=knobs)
+    assert train[train.index("--rehearsal-share") + 1] == "0.2" and "--reflector" not in train
+    assert "--reflector" not in phase_command("reflect", exp_dir=exp, recipe=recipe, k=1, overrides={})
+
 def _make(tmp_path, recipe, *targets, **variables):
     venv_python = Path(sys.executable)
     args = ["make", "--no-print-directory", *targets, f"PY={venv_python}", "BASE_DEP=",

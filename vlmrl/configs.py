@@ -197,6 +197,13 @@ class ReflectArguments(ObservationArguments):
         if self.outcome_max_steps < 1:
             raise ValueError(f"--outcome-max-steps must be >= 1, got {self.outcome_max_steps}")
         check_reflector_spec(self.reflector)  # even when no step is selected: a typo is never accepted
+        if self.outcome is not None:
+            from vlmrl.games import get_game
+
+            known = get_game(self.game).outcomes
+            if self.outcome not in known:
+                raise ValueError(f"--outcome {self.outcome!r} is not known for {self.game}: use one of "
+                                 f"{', '.join(known)}")
         self.observation_config(self.model)
 
 

@@ -112,7 +112,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
     elif phase == "reflect":
         cmd = [*py, str(ROOT / "reflect.py"), *config, "--episodes", str(it / "episodes"),
                "--output-dir", str(it / "reflections"), "--model", model_for(exp_dir, k, base), "--seed", str(seed)]
-        cmd += _flags(o, reflection_rate="--reflection-rate")
+        cmd += _flags(o, reflection_rate="--reflection-rate", reflector="--reflector", outcome="--outcome")
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "reflections")]
     elif phase == "train":
@@ -123,7 +123,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
                "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
-                      sample_budget="--sample-budget")
+                      sample_budget="--sample-budget", rehearsal_share="--rehearsal-share")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
@@ -316,6 +316,10 @@ def _add_knobs(p) -> None:
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
         ("--seed", "the experiment's seed (0-9; default: the recipe's): collection, reflection, training, evaluation"),
         ("--sample-budget", "training samples per iteration, drawn from all iterations' reflections"),
+        ("--reflector", "who reflects (default: the recipe's): oracle, self, model:<id>, grounded[:<model>], "
+         "self-imitation"),
+        ("--outcome", "hindsight frame shown to the reflector: ball_at_paddle (Pong), point or next"),
+        ("--rehearsal-share", "share of each training set made of perception questions (keeps the probe)"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")
