@@ -34,7 +34,7 @@ import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loa
 from vlmrl.cli import ArgumentParser, run
 from vlmrl.games import get_game
 from vlmrl.games.base import decide_batch
-from vlmrl.games.pong import parse_pong_ram
+from vlmrl.games.pong import Pong, PongOracle, parse_pong_ram
 from vlmrl.results import agreement_by_phase
 
 GAME = get_game("ALE/Pong-v5")
@@ -49,12 +49,22 @@ def collect_states(model: str, out: Path, episodes: int, seed: int, max_steps: i
                              teacher_mix=0.5, output_dir=str(out / "episodes"), progress=False))
 
 
-def label_states(part: Path, model: str) -> Path:
+def use_teacher(lookahead: str | None) -> str:
+    """Makes Pong's oracle (every label here, and the reflect phase's) aim ``lookahead`` steps ahead
+    ("intercept": at its column crossing); returns the cache suffix. None: the game's own oracle."""
+    if lookahead is None:
+        return ""
+    value = None if lookahead == "intercept" else int(lookahead)
+    Pong.make_oracle = lambda self: PongOracle(lookahead=value)
+    return f"-teacher-{lookahead}"
+
+
+def label_states(part: Path, model: str, suffix: str = "") -> Path:
     """The oracle's label of every step, as training rows seen the way ``model`` sees (its record)."""
     from vlmrl.configs import ReflectArguments
     from vlmrl.reflection import reflect
 
-    out = part / f"reflections-{Path(model).name}"
+    out = part / f"reflections-{Path(model).name}{suffix}"
     if not (out / ".vlmrl" / "summary.json").exists():
         reflect(ReflectArguments(episodes=str(part / "episodes"), reflector="oracle", reflect_on="all",
                                  reflection_rate=1.0, completion_reasoning=False, model=model,
@@ -90,15 +100,30 @@ def oracle_classes(rams, prevs) -> np.ndarray:
     return np.array([CLASSES.index(d.action_class) for d in decisions])
 
 
+MLP_SCALE = 1 / 200.0  # RAM positions (0..~200) -> inputs of order 1
+
+
 def ram_mlp(train_x, train_y, test_x, jitter: int, seed: int = 0, epochs: int = 60) -> np.ndarray:
     """Predictions of a 2x256 MLP trained on (optionally jittered) positions; jitter also at test time."""
     rng = np.random.default_rng(seed)
+
+    def noisy(x):
+        return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
+
+    net = fit_mlp(train_x, train_y, jitter, seed, epochs, rng)
+    with torch.no_grad():
+        return net(torch.from_numpy(noisy(test_x).astype(np.float32) * MLP_SCALE)).argmax(-1).numpy()
+
+
+def fit_mlp(train_x, train_y, jitter: int = 0, seed: int = 0, epochs: int = 60, rng=None) -> torch.nn.Module:
+    """A 2x256 MLP fitted to the classes of (optionally jittered) positions."""
+    rng = rng if rng is not None else np.random.default_rng(seed)
     torch.manual_seed(seed)
 
     def noisy(x):
         return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
 
-    scale = 1 / 200.0
+    scale = MLP_SCALE
     net = torch.nn.Sequential(torch.nn.Linear(6, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, 3))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
@@ -110,8 +135,7 @@ def ram_mlp(train_x, train_y, test_x, jitter: int, seed: int = 0, epochs: int = 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        return net(torch.from_numpy(noisy(test_x).astype(np.float32) * scale)).argmax(-1).numpy()
+    return net
 
 
 FIT_STATES = 4000  # training states the fine-tuned model is also scored on
@@ -180,7 +204,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--teacher", default=None,
+                        help="whose labels: intercept (aim where the ball crosses your column) or a number k (aim "
+                        "where it will be k steps ahead); default: the game's oracle. The states stay the same")
     args = parser.parse_args()
+    if args.teacher not in (None, "intercept") and not args.teacher.isdigit():
+        parser.error(f"--teacher must be intercept or a whole number of steps, got {args.teacher!r}")
+    suffix = use_teacher(args.teacher)
     if args.threads:
         torch.set_num_threads(args.threads)
     collector = args.collect_model or args.model
@@ -192,7 +222,8 @@ def main() -> None:
         if not (part / "episodes" / ".vlmrl" / "summary.json").exists():
             collect_states(collector, part, episodes, seed)
         parts[name] = part
-    report: dict = {"model": args.model, "collect_model": collector, "data_s": round(time.perf_counter() - start, 1),
+    report: dict = {"model": args.model, "collect_model": collector,
+                    "teacher": args.teacher or "the game's oracle", "data_s": round(time.perf_counter() - start, 1),
                     "load_average_1m": os.getloadavg()[0]}
     data = {}
     for name, part in parts.items():
@@ -208,10 +239,11 @@ def main() -> None:
         report["model_epochs"] = []
         current = args.model
         for epoch in range(1, args.epochs + 1):
-            out = cache / f"ft-{Path(args.model).name}-seed{args.seed}-lr{args.lr:g}" / f"epoch_{epoch}"
+            out = cache / f"ft-{Path(args.model).name}-seed{args.seed}-lr{args.lr:g}{suffix}" / f"epoch_{epoch}"
             t = time.perf_counter()
             if not (out / "train_metrics.json").exists():
-                metrics = train_epoch(current, label_states(parts["train"], args.model), out, args.seed, args.lr)
+                metrics = train_epoch(current, label_states(parts["train"], args.model, suffix), out, args.seed,
+                                      args.lr)
             else:
                 metrics = json.loads((out / "train_metrics.json").read_text())
             entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],

@@ -10,6 +10,10 @@ states overall and with the ball coming toward the player, for growing n, with a
 units of jitter on each frame's positions (about what a 128-pixel view of the 160-pixel playfield
 resolves). If exact positions and many labels are needed to reach high agreement, the tiny VLM's
 limit is the data and the learner, not its eyes.
+
+With ``--play N`` each exact-position MLP also plays N evaluation episodes (the held-out seeds of
+``evaluate.py``, full v5 games, greedy): the return a student with perfect eyes reaches from n labels,
+the most the loop could win from that many of this teacher's labels by imitation alone.
 """
 
 from __future__ import annotations
@@ -25,11 +29,45 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from supervised_ceiling import CLASSES, GAME, features, ram_mlp, score  # noqa: E402
+import torch  # noqa: E402
+from supervised_ceiling import CLASSES, GAME, MLP_SCALE, features, fit_mlp, ram_mlp, score, use_teacher  # noqa: E402
 
 from vlmrl.cli import ArgumentParser, run  # noqa: E402
+from vlmrl.env import AtariBatch  # noqa: E402
 from vlmrl.games.base import decide_batch  # noqa: E402
-from vlmrl.rollout import varied_play  # noqa: E402
+from vlmrl.policies.base import Decision  # noqa: E402
+from vlmrl.results import bootstrap_ci, eval_seeds  # noqa: E402
+from vlmrl.rollout import play_episodes, varied_play  # noqa: E402
+
+
+class MLPPolicy:
+    """The position MLP as a player: reads the RAM's positions, plays its class's action."""
+
+    name = model_name = "position-mlp"
+    history = 1
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def act(self, observations) -> list[Decision]:
+        x = features([o.ram for o in observations], [o.prev_ram for o in observations]) * MLP_SCALE
+        with torch.no_grad():
+            picks = self.net(torch.from_numpy(x.astype(np.float32))).argmax(-1).tolist()
+        return [Decision(GAME.class_actions[CLASSES[i]]) for i in picks]
+
+
+def play(net: torch.nn.Module, episodes: int) -> dict:
+    """Mean return (95% interval) of the MLP over the evaluation seeds."""
+    batch = AtariBatch(GAME.id, min(8, episodes))
+    try:
+        played = list(play_episodes(MLPPolicy(net), batch, list(enumerate(eval_seeds(episodes))),
+                                    keep_frames=False, progress=False))
+    finally:
+        batch.close()
+    returns = [e.episode_return for _, e in sorted((e.episode_id, e) for e in played)]
+    low, high = bootstrap_ci(returns)
+    return {"mean_return": round(float(np.mean(returns)), 2), "interval": [round(low, 2), round(high, 2)],
+            "returns": returns, "steps": sum(len(e.steps) for e in played)}
 
 
 def states(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -49,19 +87,37 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=5000, help="held-out states")
     parser.add_argument("--epochs", type=int, default=40, help="passes of the MLP over its data")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--play", type=int, default=0,
+                        help="evaluation episodes each exact-position MLP plays (0: agreement only)")
+    parser.add_argument("--teacher", default=None,
+                        help="whose labels: intercept (aim where the ball crosses your column) or a number k (aim "
+                        "where it will be k steps ahead); default: the game's oracle")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     args = parser.parse_args()
+    if args.play < 0:
+        parser.error(f"--play must be >= 0, got {args.play}")
+    if args.teacher not in (None, "intercept") and not args.teacher.isdigit():
+        parser.error(f"--teacher must be intercept or a whole number of steps, got {args.teacher!r}")
+    use_teacher(args.teacher)
+    torch.set_num_threads(args.threads)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     start = time.perf_counter()
     train_x, train_y, _ = states(sizes[-1], seed=2_000_000 + 10_000 * args.seed)
     test_x, test_y, test_phases = states(args.test, seed=3_000_000 + 10_000 * args.seed)
-    report = {"data_s": round(time.perf_counter() - start, 1), "test_states": args.test,
+    report = {"teacher": args.teacher or "the game's oracle", "data_s": round(time.perf_counter() - start, 1),
+              "test_states": args.test,
               "label_share": {c: round(float(np.mean(test_y == i)), 3) for i, c in enumerate(CLASSES)},
               "by_size": []}
     for n in sizes:
         entry = {"train_states": n}
-        for name, jitter in (("exact", 0), ("jitter1", 1)):
-            entry[name] = score(ram_mlp(train_x[:n], train_y[:n], test_x, jitter, args.seed, args.epochs),
-                                test_y, test_phases)
+        net = fit_mlp(train_x[:n], train_y[:n], 0, args.seed, args.epochs)
+        with torch.no_grad():
+            exact = net(torch.from_numpy(test_x.astype(np.float32) * MLP_SCALE)).argmax(-1).numpy()
+        entry["exact"] = score(exact, test_y, test_phases)
+        entry["jitter1"] = score(ram_mlp(train_x[:n], train_y[:n], test_x, 1, args.seed, args.epochs),
+                                 test_y, test_phases)
+        if args.play:
+            entry["play"] = play(net, args.play)
         report["by_size"].append(entry)
         print(json.dumps(entry), file=sys.stderr, flush=True)
     report["seconds"] = round(time.perf_counter() - start, 1)

@@ -94,6 +94,19 @@ def test_predict_intercept_folds_at_the_walls():
     assert predict_intercept_y(PLAYER_HIT_X, 100, 4, 8) == pytest.approx(100)
 
 
+def test_a_lookahead_oracle_aims_where_the_ball_will_be_k_steps_on():
+    # Far from the player, falling 8 a step: in 2 steps at y=86 (paddle target 79, the paddle at 75:
+    # within the dead band), but it crosses the player's column after a bounce near y=167.
+    ram, prev = step_pair(player_y=75, ball_x=100, ball_y=70, vx=4, vy=8)
+    assert PongOracle(lookahead=2).decide(ram, prev).action_class == "stay"
+    assert PongOracle(lookahead=None).decide(ram, prev).action_class == "down"
+    assert "in 2 steps it will be at y=86" in PongOracle(lookahead=2).decide(ram, prev).analysis
+    # Held inside the walls: rising fast near the top, the aim is the top wall, not above it.
+    ram, prev = step_pair(player_y=120, ball_x=100, ball_y=50, vx=4, vy=-20)
+    decision = PongOracle(lookahead=2).decide(ram, prev)
+    assert decision.action_class == "up" and f"y={round(WALL_TOP_Y)}" in decision.analysis
+
+
 def test_wall_bounce_changes_the_decision():
     # The ball flies upward, but bounces off the top wall and arrives near y=109.
     ram, prev = step_pair(player_y=100, ball_x=148, ball_y=60, vx=4, vy=-8)

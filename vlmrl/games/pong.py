@@ -151,6 +151,10 @@ class PongOracle:
     # Fraction of this step's paddle velocity still to come once the buttons are released
     # (measured: a paddle moving 22 a step coasts ~16 more).
     momentum: float = 0.75
+    # Where to aim while the ball comes toward you. None: where it will cross your column (the
+    # intercept: a division by its speed and folds at the walls). k: where it will be k agent steps
+    # from now, straight on, held inside the walls: a decision linear in what two frames show.
+    lookahead: int | None = None
 
     def decide(
         self, ram: RAM, prev_ram: RAM | None = None
@@ -165,7 +169,10 @@ class PongOracle:
         vx = state.ball_x - prev.ball_x if ball_known else 0
         vy = state.ball_y - prev.ball_y if ball_known else 0
         if ball_known and vx > 0:
-            intercept = predict_intercept_y(state.ball_x, state.ball_y, vx, vy)
+            if self.lookahead is None:
+                intercept = predict_intercept_y(state.ball_x, state.ball_y, vx, vy)
+            else:
+                intercept = min(max(state.ball_y + self.lookahead * vy, WALL_TOP_Y), WALL_BOTTOM_Y)
             target_ball_y = intercept
         else:
             intercept = None
@@ -190,8 +197,8 @@ class PongOracle:
         """``decide`` for each (ram, prev_ram) pair; ``prev_rams`` None means no history for any."""
         return decide_batch(self, rams, prev_rams)
 
-    @staticmethod
-    def _analysis(state: PongState, has_prev: bool, vx: int, vy: int, intercept: float | None, paddle_v: int) -> str:
+    def _analysis(self, state: PongState, has_prev: bool, vx: int, vy: int, intercept: float | None,
+                  paddle_v: int) -> str:
         paddle = f"My paddle is at y={state.player_y}"
         if paddle_v:
             paddle += f", moving {_vertical(paddle_v)} by {abs(paddle_v)}"
@@ -203,6 +210,9 @@ class PongOracle:
         going = "toward me" if vx > 0 else "away from me" if vx < 0 else "neither way"
         vertical = "" if vy == 0 else f" and {_vertical(vy)}"
         if intercept is not None:
+            if self.lookahead is not None:
+                return (f"{ball}, moving {going}{vertical}; in {self.lookahead} steps it will be at "
+                        f"y={round(intercept)}. {paddle}.")
             return f"{ball}, moving {going}{vertical}; it should reach me at y={round(intercept)}. {paddle}."
         return f"{ball}, moving {going}{vertical}. {paddle}."
 
