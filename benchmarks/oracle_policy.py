@@ -1,6 +1,7 @@
 """Play ALE/Pong-v5 with the RAM oracle and print one JSON line of returns and speed.
 
     python benchmarks/oracle_policy.py --episodes 10
+    python benchmarks/oracle_policy.py --episodes 10 --lookahead intercept
 
 Episode ``i`` is seeded ``seed + i``; v5 defaults (frameskip 4, sticky actions 0.25).
 """
@@ -15,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from vlmrl.cli import ArgumentParser, run
-from vlmrl.games.pong import PongOracle
+from vlmrl.games.pong import TEACHER_LOOKAHEAD, PongOracle
 
 
 def play_episode(oracle: PongOracle, game_id: str, seed: int) -> tuple[float, int]:
@@ -45,11 +46,17 @@ def main() -> None:
     parser.add_argument("--aim-offset", type=int, default=PongOracle.aim_offset)
     parser.add_argument("--dead-band", type=int, default=PongOracle.dead_band)
     parser.add_argument("--momentum", type=float, default=PongOracle.momentum)
+    parser.add_argument("--lookahead", default=str(TEACHER_LOOKAHEAD),
+                        help="aim where the ball will be this many agent steps on, or intercept: where it crosses "
+                        "your column (default %(default)s, the game's teacher)")
     args = parser.parse_args()
+    if args.lookahead != "intercept" and not args.lookahead.isdigit():
+        parser.error(f"--lookahead must be a whole number of steps or intercept, got {args.lookahead!r}")
 
     gym.register_envs(ale_py)
     oracle = PongOracle(
-        aim_offset=args.aim_offset, dead_band=args.dead_band, momentum=args.momentum
+        aim_offset=args.aim_offset, dead_band=args.dead_band, momentum=args.momentum,
+        lookahead=None if args.lookahead == "intercept" else int(args.lookahead),
     )
     start = time.perf_counter()
     results = [play_episode(oracle, args.game_id, args.seed + i) for i in range(args.episodes)]

@@ -276,7 +276,7 @@ def test_rehearsal_mixes_question_samples_with_their_answer_keys(monkeypatch):
     assert len(questions) == 2
     by_text = {q.text: q for q in PONG.questions}
     for row in questions:
-        question = by_text[row["prompt"][0]["content"][1]["text"].removeprefix("Red: now, green: before. ")]
+        question = by_text[row["prompt"][0]["content"][1]["text"].removeprefix("Magenta: now, green: before. ")]
         # "vertical" has no answer in these keys: never asked.
         assert question.name != "vertical"
         assert row["completion"][0]["content"][0]["text"] == json.loads(sources[0]["perception_answers"])[

@@ -36,7 +36,7 @@ def system_prompt(game: Game, actions: list[str]) -> str:
 
 def user_prompt(num_images: int, encoding: str) -> str:
     if encoding == "motion":
-        return "Red: now, green: before. Your move?"
+        return "Magenta: now, green: before. Your move?"
     if num_images > 1:
         return f"The last {num_images} frames, oldest first. Your move?"
     return "Your move?"
@@ -306,7 +306,7 @@ def reflection_messages(
 def observation_preamble(observation: ObservationConfig) -> str:
     """What the image(s) are, said before a question."""
     if observation.encoding == "motion":
-        return "Red: now, green: before. "
+        return "Magenta: now, green: before. "
     if observation.frames > 1:
         return f"The last {observation.frames} frames, oldest first. "
     return ""

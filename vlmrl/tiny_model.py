@@ -13,6 +13,7 @@ one that sees learns to act from few corrections. ``--no-pretrain`` keeps the ra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -269,12 +270,22 @@ def build_tiny_model(
 
 
 def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: PretrainConfig | None) -> dict:
-    """Everything that decides the weights: a build with the same recipe is the same model."""
+    """Everything that decides the weights: a build with the same recipe is the same model.
+
+    Beside the shapes and the pre-training settings: a digest of the text the tokenizer is trained
+    on (the prompts' wording) and the player of the pre-training's varied play (the game's oracle)."""
     return {
         **asdict(config),
         "observation": asdict(observation),
         "pretrain": _pretrain_recipe(pretrain),
+        "tokenizer_text_sha256": _text_digest(),
+        "varied_play": repr(GAME.oracle()) if pretrain is not None else None,
     }
+
+
+def _text_digest() -> str:
+    corpus = "\n".join(_tokenizer_corpus(perception_texts(GAME)))
+    return hashlib.sha256(corpus.encode()).hexdigest()[:16]
 
 
 def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:

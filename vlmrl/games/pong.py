@@ -136,6 +136,14 @@ def _vertical(dy: float) -> str:
     return "up" if dy < 0 else "down" if dy > 0 else "level"
 
 
+# The teacher's aim while the ball comes toward you: where it will be 2 agent steps on (see
+# ``PongOracle.lookahead``). Measured (benchmarks/teacher_learnability.py, benchmarks/oracle_policy.py):
+# it plays as well as aiming at the column crossing (+15.1 against +14.6 over the same 10 games) and is
+# far easier to learn: an MLP on exact positions agrees 0.91 with the ball coming toward you from 12,000
+# labels, against 0.76 for the crossing. 1 step scored +7.7, 3 steps -4.8, 4 steps -12.
+TEACHER_LOOKAHEAD = 2
+
+
 @dataclass(frozen=True)
 class PongOracle:
     """The RAM policy: intercept prediction, aim, dead band and momentum look-ahead."""
@@ -495,7 +503,7 @@ class Pong(Game):
     grounded_rules = GroundedRules()
 
     def make_oracle(self) -> PongOracle:
-        return PongOracle()
+        return PongOracle(lookahead=TEACHER_LOOKAHEAD)
 
     def outcome_reached(self, outcome: str, ram: RAM, reward_before: float) -> bool:
         """``ball_at_paddle``: the ball at the player's column, or the point decided before it got there."""
