@@ -288,8 +288,8 @@ def describe_observation(observation: ObservationConfig, game: str) -> str:
     resize = "nearest-neighbour (the ball stays a sharp block)" if observation.resample == "nearest" else "bilinear"
     if observation.encoding == "motion":
         return (f"Each step the model sees **one {size} image made of the last two raw frames** of {game} "
-                f"({field} 210×160 frame, resized {resize}): red and blue (magenta) are the current frame's contrast with "
-                "the background, green the previous frame's, so a moving ball shows as two offset blobs that say "
+                f"({field} 210×160 frame, resized {resize}): red and blue (magenta) are the current frame's contrast "
+                "with the background, green the previous frame's, so a moving ball shows as two offset blobs that say "
                 "which way it moves. It was never shown a plain screenshot: give it this motion image.")
     frames = "the current raw frame" if observation.frames == 1 else f"the last {observation.frames} raw frames"
     return (f"Each step the model sees {frames} of {game}, each as its own {size} RGB image ({field} 210×160 "
