@@ -129,6 +129,8 @@ def main() -> None:
             "self_hindsight": _run("self", **common, outcome="ball_at_paddle"),
             "grounded_hindsight": _run("grounded", **common),
             "grounded_frozen_base": _run(f"grounded:{args.model}", **common),
+            # The two-step teacher's own hindsight: the ball's row two steps on.
+            "grounded_ahead_2": _run("grounded", **common, outcome="ahead", outcome_max_steps=2),
             "self_imitation": _run("self-imitation", **common),
             "self_imitation_advantage": _run("self-imitation", **common, advantage=True),
         }

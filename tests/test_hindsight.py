@@ -57,6 +57,15 @@ def test_the_episode_ending_first_is_the_outcome():
     assert PONG.outcome_step(rams, rewards, 3, outcome="next") == 3
 
 
+def test_ahead_is_a_fixed_number_of_steps_later_or_the_episodes_end():
+    # The two-step teacher's own hindsight: where the ball is two steps on, whatever happens between.
+    rams, rewards = _rally([100, 120, 140, 160, 180, 186], [0, 0, -1, 0, 0, 0])
+    assert PONG.outcome_step(rams, rewards, 0, outcome="ahead", max_lookahead=2) == 2
+    assert PONG.outcome_step(rams, rewards, 1, outcome="ahead", max_lookahead=3) == 4
+    assert PONG.outcome_step(rams, rewards, 4, outcome="ahead", max_lookahead=2) == 5  # the episode ends first
+    assert "ahead" in Game("ALE/Breakout-v5").outcomes
+
+
 def test_a_game_without_a_module_has_the_generic_outcomes():
     breakout = Game("ALE/Breakout-v5")
     rams = np.zeros((5, 128), np.uint8)

@@ -150,11 +150,14 @@ class ReflectArguments(ObservationArguments):
     )
     outcome: str | None = field(
         default=None,
-        metadata={"help": "hindsight: the later frame shown as the move's outcome: ball_at_paddle (Pong), point "
-                          "or next; default: the game's (ball_at_paddle) for grounded, next (no hindsight) for "
-                          "self and model:"},
+        metadata={"help": "hindsight: the later frame shown as the move's outcome: ball_at_paddle (Pong), point, "
+                          "next, or ahead (--outcome-max-steps steps later); default: the game's (ball_at_paddle) "
+                          "for grounded, next (no hindsight) for self and model:"},
     )
-    outcome_max_steps: int = field(default=100, metadata={"help": "look at most this many steps ahead for the outcome"})
+    outcome_max_steps: int = field(
+        default=100,
+        metadata={"help": "look at most this many steps ahead for the outcome (with ahead: exactly this many)"},
+    )
     advantage: bool = field(
         default=False,
         metadata={"help": "self-imitation: keep steps whose return-to-go beats their episode's mean (advantage > 0) "

@@ -164,13 +164,15 @@ class Game:
 
     # --- hindsight: the later frame where a decision's consequence shows --------------------------
 
-    #: The outcomes ``outcome_step`` can find; "next" (the next frame) and "point" (a reward) work for any game.
-    outcomes: tuple[str, ...] = ("point", "next")
+    #: The outcomes ``outcome_step`` can find; "next" (the next frame), "ahead" (a fixed number of steps
+    #: later) and "point" (a reward) work for any game.
+    outcomes: tuple[str, ...] = ("point", "next", "ahead")
     #: The outcome a hindsight reflector is shown unless told otherwise.
     default_outcome: str = "point"
     _OUTCOME_TEXT = {
         "next": "the next frame",
         "point": "the frame after the next point was decided (or the last frame, if none was)",
+        "ahead": "a frame a few steps later",
     }
 
     def outcome_reached(self, outcome: str, ram: RAM, reward_before: float) -> bool:
@@ -187,7 +189,8 @@ class Game:
     ) -> int:
         """Index (into one episode's steps) of the step whose frame shows how step ``t`` turned out.
 
-        ``next``: step t + 1. Otherwise the first later step where ``outcome_reached`` holds (the
+        ``next``: step t + 1; ``ahead``: step t + ``max_lookahead`` (the step the reflector's
+        ``--outcome-max-steps`` names). Otherwise the first later step where ``outcome_reached`` holds (the
         reward of step s is earned by acting at s, so its frame is step s + 1's); the episode's last
         step, or ``t + max_lookahead``, if that comes first. The last step of an episode is its own outcome.
         """
@@ -203,6 +206,8 @@ class Game:
             return t
         if outcome == "next":
             return t + 1
+        if outcome == "ahead":
+            return last
         for s in range(t + 1, last + 1):
             if self.outcome_reached(outcome, rams[s], float(rewards[s - 1])):
                 return s

@@ -498,7 +498,7 @@ class Pong(Game):
     caption_slots = CAPTION_SLOTS
     caption_vocabulary = tuple(CAPTION_TOKENS)
 
-    outcomes = ("ball_at_paddle", "point", "next")
+    outcomes = ("ball_at_paddle", "point", "next", "ahead")
     default_outcome = "ball_at_paddle"
     grounded_rules = GroundedRules()
 
