@@ -29,7 +29,7 @@ EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
 # Who reflects and on what (learning without the oracle): REFLECTOR=grounded|self-imitation|self|model:<id>,
-# OUTCOME=ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set).
+# OUTCOME=ahead|ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set).
 REFLECTOR ?=
 OUTCOME ?=
 REHEARSAL_SHARE ?=

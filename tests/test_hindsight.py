@@ -33,7 +33,8 @@ def _rally(xs, rewards=None):
 
 def test_the_outcome_is_the_ball_reaching_the_players_column():
     rams, rewards = _rally([100, 120, 140, 160, 180, 186, 182, 170])
-    assert PONG.outcome_step(rams, rewards, 0) == 5  # Pong's default: ball_at_paddle
+    assert PONG.outcome_step(rams, rewards, 0, outcome="ball_at_paddle") == 5
+    assert PONG.outcome_step(rams, rewards, 0) == 2  # Pong's default: ahead, its teacher's 2 steps
     assert PONG.outcome_step(rams, rewards, 2, outcome="ball_at_paddle") == 5
     assert PONG.outcome_step(rams, rewards, 0, outcome="next") == 1
     assert PONG.outcome_step(rams, rewards, 0, max_lookahead=3) == 3  # capped: the frame 3 steps on
@@ -42,7 +43,7 @@ def test_the_outcome_is_the_ball_reaching_the_players_column():
 def test_a_point_decided_first_is_the_outcome():
     # The ball never reaches the column in these RAMs; the reward of step 2 shows on step 3's frame.
     rams, rewards = _rally([100, 120, 140, 0, 0, 0], [0, 0, -1, 0, 0, 0])
-    assert PONG.outcome_step(rams, rewards, 0) == 3
+    assert PONG.outcome_step(rams, rewards, 0, outcome="ball_at_paddle") == 3
     assert PONG.outcome_step(rams, rewards, 0, outcome="point") == 3
     # "point" waits for the reward even when the ball reaches the column before it.
     rams, rewards = _rally([170, 186, 192, 200, 0], [0, 0, 0, -1, 0])
@@ -83,7 +84,7 @@ def test_the_reflection_prompt_shows_and_names_the_outcome(pong_actions):
     assert plain[1]["content"][1]["text"].endswith("The next frame follows. What should you have done, and why?")
     assert [c["type"] for c in plain[1]["content"]] == ["image", "text", "image"]
     hindsight = reflection_messages(PONG, pong_actions, **common, num_images_outcome=1,
-                                    outcome_description=PONG.outcome_description(), outcome_steps=12)
+                                    outcome_description=PONG.outcome_description("ball_at_paddle"), outcome_steps=12)
     text = hindsight[1]["content"][1]["text"]
     assert "ball reached your paddle's column" in text and "12 steps later" in text
     assert [c["type"] for c in hindsight[1]["content"]] == ["image", "text", "image", "image"]
@@ -247,7 +248,7 @@ def test_grounded_reflection_phase_writes_the_outcome_it_used(tmp_path, tiny_mod
     summary = reflect(ReflectArguments(episodes=episodes, reflector=f"grounded:{tiny_model}", reflect_on="all",
                                        reflection_rate=0.25, output_dir=str(tmp_path / "refl"), progress=False,
                                        frames=2, encoding="motion", crop=True, image_size=128))
-    assert summary["reflected"] == 3 and summary["outcome"] == "ball_at_paddle" and summary["invalid"] == 0
+    assert summary["reflected"] == 3 and summary["outcome"] == "ahead" and summary["invalid"] == 0  # Pong's default
     ds = load_dataset(str(tmp_path / "refl"), split="train")
     assert all(a.startswith("I said this frame") for a in ds["analysis"])
 

@@ -150,13 +150,14 @@ class ReflectArguments(ObservationArguments):
     )
     outcome: str | None = field(
         default=None,
-        metadata={"help": "hindsight: the later frame shown as the move's outcome: ball_at_paddle (Pong), point, "
-                          "next, or ahead (--outcome-max-steps steps later); default: the game's (ball_at_paddle) "
-                          "for grounded, next (no hindsight) for self and model:"},
+        metadata={"help": "hindsight: the later frame shown as the move's outcome: ahead (a few steps later, "
+                          "--outcome-max-steps), ball_at_paddle (Pong), point or next; default: the game's for "
+                          "grounded (Pong: ahead, 2 steps), next (no hindsight) for self and model:"},
     )
-    outcome_max_steps: int = field(
-        default=100,
-        metadata={"help": "look at most this many steps ahead for the outcome (with ahead: exactly this many)"},
+    outcome_max_steps: int | None = field(
+        default=None,
+        metadata={"help": "look at most this many steps ahead for the outcome; with ahead, exactly this many "
+                          "(default: 100; for ahead, the game's horizon: 2 for Pong, its teacher's)"},
     )
     advantage: bool = field(
         default=False,
@@ -197,7 +198,7 @@ class ReflectArguments(ObservationArguments):
         if self.retries < 0 or self.max_new_tokens < 1:
             raise ValueError(f"--retries must be >= 0 and --max-new-tokens >= 1, got {self.retries} and "
                              f"{self.max_new_tokens}")
-        if self.outcome_max_steps < 1:
+        if self.outcome_max_steps is not None and self.outcome_max_steps < 1:
             raise ValueError(f"--outcome-max-steps must be >= 1, got {self.outcome_max_steps}")
         check_reflector_spec(self.reflector)  # even when no step is selected: a typo is never accepted
         if self.outcome is not None:

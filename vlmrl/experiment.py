@@ -318,7 +318,7 @@ def _add_knobs(p) -> None:
         ("--sample-budget", "training samples per iteration, drawn from all iterations' reflections"),
         ("--reflector", "who reflects (default: the recipe's): oracle, self, model:<id>, grounded[:<model>], "
          "self-imitation"),
-        ("--outcome", "hindsight frame shown to the reflector: ball_at_paddle (Pong), point or next"),
+        ("--outcome", "hindsight frame shown to the reflector: ahead, ball_at_paddle (Pong), point or next"),
         ("--rehearsal-share", "share of each training set made of perception questions (keeps the probe)"),
     ):
         p.add_argument(flag, default=None, help=helptext)

@@ -221,6 +221,7 @@ def reflect(args: ReflectArguments) -> dict:
     outcome = args.outcome or (game.default_outcome if grounded else "next")
     if outcome not in game.outcomes:
         raise ValueError(f"--outcome {outcome!r} is not known for {game.name}: use one of {', '.join(game.outcomes)}")
+    outcome_steps = args.outcome_max_steps or (game.ahead_steps if outcome == "ahead" else 100)
     hindsight_columns = None  # the episodes' RAM and rewards, read once when an outcome must be found
     observation = args.observation_config(acting_model, vision_image_size(acting_model))
     features = reflection_features(observation.images_per_observation)
@@ -270,7 +271,7 @@ def reflect(args: ReflectArguments) -> dict:
                     )
                     if reflector.outcome_views or reflector.later_views:
                         _add_hindsight(items[-1], reflector, index, episode, step, observation.frames, game, outcome,
-                                       args.outcome_max_steps, *hindsight_columns)
+                                       outcome_steps, *hindsight_columns)
                     records.append(record)
                 reflections = reflector.reflect(items)
                 oracle_actions = (

@@ -169,10 +169,12 @@ class Game:
     outcomes: tuple[str, ...] = ("point", "next", "ahead")
     #: The outcome a hindsight reflector is shown unless told otherwise.
     default_outcome: str = "point"
+    #: How many steps on the "ahead" outcome looks unless told (Pong: its teacher's lookahead).
+    ahead_steps: int = 1
     _OUTCOME_TEXT = {
         "next": "the next frame",
         "point": "the frame after the next point was decided (or the last frame, if none was)",
-        "ahead": "a frame a few steps later",
+        "ahead": "a later frame",
     }
 
     def outcome_reached(self, outcome: str, ram: RAM, reward_before: float) -> bool:
@@ -189,8 +191,8 @@ class Game:
     ) -> int:
         """Index (into one episode's steps) of the step whose frame shows how step ``t`` turned out.
 
-        ``next``: step t + 1; ``ahead``: step t + ``max_lookahead`` (the step the reflector's
-        ``--outcome-max-steps`` names). Otherwise the first later step where ``outcome_reached`` holds (the
+        ``next``: step t + 1; ``ahead``: step t + ``max_lookahead`` (default: the game's
+        ``ahead_steps``). Otherwise the first later step where ``outcome_reached`` holds (the
         reward of step s is earned by acting at s, so its frame is step s + 1's); the episode's last
         step, or ``t + max_lookahead``, if that comes first. The last step of an episode is its own outcome.
         """
@@ -200,6 +202,8 @@ class Game:
         if max_lookahead is not None and max_lookahead < 1:
             raise ValueError(f"the outcome's lookahead must be at least 1 step, got {max_lookahead}")
         last = len(rams) - 1
+        if outcome == "ahead" and max_lookahead is None:
+            max_lookahead = self.ahead_steps
         if max_lookahead is not None:
             last = min(last, t + max_lookahead)
         if t >= last:

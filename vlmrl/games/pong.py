@@ -499,7 +499,10 @@ class Pong(Game):
     caption_vocabulary = tuple(CAPTION_TOKENS)
 
     outcomes = ("ball_at_paddle", "point", "next", "ahead")
-    default_outcome = "ball_at_paddle"
+    # The teacher's own hindsight: where the ball is as many steps on as the teacher looks ahead
+    # (grounded accuracy 0.885 against 0.833 with the ball at your column; README).
+    default_outcome = "ahead"
+    ahead_steps = TEACHER_LOOKAHEAD
     grounded_rules = GroundedRules()
 
     def make_oracle(self) -> PongOracle:
