@@ -300,3 +300,20 @@ def test_rehearsal_needs_answer_keys(monkeypatch):
         mix_rehearsal(bare, ["refl"], PONG, MOTION, 0.2)
     with pytest.raises(ValueError, match="no reflection row"):
         rehearsal_rows(_reflections(2).map(lambda r: {"perception_answers": "{}"}), PONG, MOTION, 3)
+
+
+def test_the_recorded_horizon_is_what_applies_so_older_records_still_match(tmp_path):
+    from vlmrl.reflection import recorded_settings
+
+    def args(**kw):
+        return ReflectArguments(episodes=str(tmp_path), output_dir=str(tmp_path / "r"), **kw)
+
+    # The writing reflectors and the oracle look 100 steps at most, as runs recorded before the
+    # horizon could be left to the game said.
+    assert args(reflector="oracle").hindsight() == ("next", 100)
+    assert recorded_settings(args(reflector="oracle"))["outcome_max_steps"] == 100
+    # Grounded on Pong looks its teacher's 2 steps ahead; told otherwise, what it is told.
+    assert args(reflector="grounded").hindsight() == ("ahead", 2)
+    assert recorded_settings(args(reflector="grounded"))["outcome_max_steps"] is None
+    assert args(reflector="grounded", outcome="ball_at_paddle").hindsight() == ("ball_at_paddle", 100)
+    assert args(reflector="grounded", outcome="ahead", outcome_max_steps=5).hindsight() == ("ahead", 5)

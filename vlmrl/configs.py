@@ -211,6 +211,19 @@ class ReflectArguments(ObservationArguments):
         self.observation_config(self.model)
 
 
+    def hindsight(self) -> tuple[str, int]:
+        """The outcome this run shows and how far ahead it looks: the game's for grounded (Pong: 2 steps
+        ahead), the next frame for the writing reflectors; ``ahead`` looks the game's horizon unless told."""
+        from vlmrl.games import get_game
+
+        game = get_game(self.game)
+        grounded = self.reflector == "grounded" or self.reflector.startswith("grounded:")
+        outcome = self.outcome or (game.default_outcome if grounded else "next")
+        if self.outcome_max_steps is not None:
+            return outcome, self.outcome_max_steps
+        return outcome, game.ahead_steps if outcome == "ahead" else 100
+
+
 def check_reflector_spec(spec: str) -> None:
     """Refuses a ``--reflector`` that names no reflector, and a ``model:`` path that does not exist."""
     if spec in ("self", "oracle", "grounded", "self-imitation"):

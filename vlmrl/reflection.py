@@ -217,11 +217,9 @@ def reflect(args: ReflectArguments) -> dict:
                                       rate=args.reflection_rate, max_reflections=args.max_reflections,
                                       seed=args.seed)
     # Hindsight: the game's outcome for grounded, the next frame (today's prompt) for writing reflectors.
-    grounded = args.reflector == "grounded" or args.reflector.startswith("grounded:")
-    outcome = args.outcome or (game.default_outcome if grounded else "next")
+    outcome, outcome_steps = args.hindsight()
     if outcome not in game.outcomes:
         raise ValueError(f"--outcome {outcome!r} is not known for {game.name}: use one of {', '.join(game.outcomes)}")
-    outcome_steps = args.outcome_max_steps or (game.ahead_steps if outcome == "ahead" else 100)
     hindsight_columns = None  # the episodes' RAM and rewards, read once when an outcome must be found
     observation = args.observation_config(acting_model, vision_image_size(acting_model))
     features = reflection_features(observation.images_per_observation)
@@ -336,8 +334,15 @@ def reflect(args: ReflectArguments) -> dict:
 
 
 def recorded_settings(args: ReflectArguments) -> dict:
-    """The settings a reflection run records and a resumed run must share (all but where and how fast)."""
-    return {k: v for k, v in asdict(args).items() if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
+    """The settings a reflection run records and a resumed run must share (all but where and how fast).
+
+    The hindsight horizon is recorded as it applies (100 steps, or the game's for ``ahead``), so runs
+    recorded before it could be left to the game still compare equal."""
+    settings = {k: v for k, v in asdict(args).items()
+                if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
+    outcome, steps = args.hindsight()
+    settings["outcome_max_steps"] = None if outcome == "ahead" and args.outcome_max_steps is None else steps
+    return settings
 
 
 def summarize(output_dir: str | Path, game: Game) -> dict:
