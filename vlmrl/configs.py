@@ -210,7 +210,6 @@ class ReflectArguments(ObservationArguments):
                                  f"{', '.join(known)}")
         self.observation_config(self.model)
 
-
     def hindsight(self) -> tuple[str, int]:
         """The outcome this run shows and how far ahead it looks: the game's for grounded (Pong: 2 steps
         ahead), the next frame for the writing reflectors; ``ahead`` looks the game's horizon unless told."""

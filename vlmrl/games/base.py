@@ -83,7 +83,7 @@ class Game:
     #: Luminance of the empty playfield, subtracted by the motion encoding.
     background_luminance: float = 0.0
     #: Returns whose first-reaching agent step ``compare`` reports (milestones on this game's scale);
-    #: empty: none known, the comparison then reports the reference lines' returns it is given.
+    #: empty: none known, and the comparison reports no milestones unless it is given some.
     return_thresholds: tuple[float, ...] = ()
     #: Where a step sits in the game, for the agreement split (e.g. Pong's ball toward / away / none).
     phases: tuple[str, ...] = ()
