@@ -49,11 +49,20 @@ def collect_states(model: str, out: Path, episodes: int, seed: int, max_steps: i
                              teacher_mix=0.5, output_dir=str(out / "episodes"), progress=False))
 
 
+def add_teacher_argument(parser) -> None:
+    """``--teacher``: whose labels (validated by ``use_teacher``)."""
+    parser.add_argument("--teacher", default=None,
+                        help="whose labels: intercept (aim where the ball crosses your column) or a number k (aim "
+                        "where it will be k steps ahead); default: the game's oracle")
+
+
 def use_teacher(lookahead: str | None) -> str:
     """Makes Pong's oracle (every label here, and the reflect phase's) aim ``lookahead`` steps ahead
     ("intercept": at its column crossing); returns the cache suffix. None: the game's own oracle."""
     if lookahead is None:
         return ""
+    if lookahead != "intercept" and not lookahead.isdigit():
+        raise ValueError(f"--teacher must be intercept or a whole number of steps, got {lookahead!r}")
     value = None if lookahead == "intercept" else int(lookahead)
     Pong.make_oracle = lambda self: PongOracle(lookahead=value)
     return f"-teacher-{lookahead}"
@@ -103,33 +112,34 @@ def oracle_classes(rams, prevs) -> np.ndarray:
 MLP_SCALE = 1 / 200.0  # RAM positions (0..~200) -> inputs of order 1
 
 
+def jittered(x: np.ndarray, jitter: int, rng) -> np.ndarray:
+    """Positions each moved by up to ``jitter`` units (drawn from ``rng``); as they are when 0."""
+    return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
+
+
+def mlp_classes(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """The MLP's class for each row of positions."""
+    with torch.no_grad():
+        return net(torch.from_numpy(x.astype(np.float32) * MLP_SCALE)).argmax(-1).numpy()
+
+
 def ram_mlp(train_x, train_y, test_x, jitter: int, seed: int = 0, epochs: int = 60) -> np.ndarray:
     """Predictions of a 2x256 MLP trained on (optionally jittered) positions; jitter also at test time."""
     rng = np.random.default_rng(seed)
-
-    def noisy(x):
-        return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
-
     net = fit_mlp(train_x, train_y, jitter, seed, epochs, rng)
-    with torch.no_grad():
-        return net(torch.from_numpy(noisy(test_x).astype(np.float32) * MLP_SCALE)).argmax(-1).numpy()
+    return mlp_classes(net, jittered(test_x, jitter, rng))
 
 
 def fit_mlp(train_x, train_y, jitter: int = 0, seed: int = 0, epochs: int = 60, rng=None) -> torch.nn.Module:
     """A 2x256 MLP fitted to the classes of (optionally jittered) positions."""
     rng = rng if rng is not None else np.random.default_rng(seed)
     torch.manual_seed(seed)
-
-    def noisy(x):
-        return x + rng.integers(-jitter, jitter + 1, size=x.shape) if jitter else x
-
-    scale = MLP_SCALE
     net = torch.nn.Sequential(torch.nn.Linear(6, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
                               torch.nn.Linear(256, 3))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
     y = torch.from_numpy(train_y)
     for _ in range(epochs):
-        x = torch.from_numpy(noisy(train_x).astype(np.float32) * scale)
+        x = torch.from_numpy(jittered(train_x, jitter, rng).astype(np.float32) * MLP_SCALE)
         for idx in torch.randperm(len(x)).split(256):
             loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
@@ -204,13 +214,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--teacher", default=None,
-                        help="whose labels: intercept (aim where the ball crosses your column) or a number k (aim "
-                        "where it will be k steps ahead); default: the game's oracle. The states stay the same")
+    add_teacher_argument(parser)  # the states stay the same whoever labels them
     args = parser.parse_args()
-    if args.teacher not in (None, "intercept") and not args.teacher.isdigit():
-        parser.error(f"--teacher must be intercept or a whole number of steps, got {args.teacher!r}")
-    suffix = use_teacher(args.teacher)
+    try:
+        suffix = use_teacher(args.teacher)
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
     collector = args.collect_model or args.model

@@ -30,7 +30,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from supervised_ceiling import CLASSES, GAME, MLP_SCALE, features, fit_mlp, ram_mlp, score, use_teacher  # noqa: E402
+from supervised_ceiling import (  # noqa: E402
+    CLASSES,
+    GAME,
+    add_teacher_argument,
+    features,
+    fit_mlp,
+    mlp_classes,
+    ram_mlp,
+    score,
+    use_teacher,
+)
 
 from vlmrl.cli import ArgumentParser, run  # noqa: E402
 from vlmrl.env import AtariBatch  # noqa: E402
@@ -50,9 +60,7 @@ class MLPPolicy:
         self.net = net
 
     def act(self, observations) -> list[Decision]:
-        x = features([o.ram for o in observations], [o.prev_ram for o in observations]) * MLP_SCALE
-        with torch.no_grad():
-            picks = self.net(torch.from_numpy(x.astype(np.float32))).argmax(-1).tolist()
+        picks = mlp_classes(self.net, features([o.ram for o in observations], [o.prev_ram for o in observations]))
         return [Decision(GAME.class_actions[CLASSES[i]]) for i in picks]
 
 
@@ -89,16 +97,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--play", type=int, default=0,
                         help="evaluation episodes each exact-position MLP plays (0: agreement only)")
-    parser.add_argument("--teacher", default=None,
-                        help="whose labels: intercept (aim where the ball crosses your column) or a number k (aim "
-                        "where it will be k steps ahead); default: the game's oracle")
+    add_teacher_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     args = parser.parse_args()
     if args.play < 0:
         parser.error(f"--play must be >= 0, got {args.play}")
-    if args.teacher not in (None, "intercept") and not args.teacher.isdigit():
-        parser.error(f"--teacher must be intercept or a whole number of steps, got {args.teacher!r}")
-    use_teacher(args.teacher)
+    try:
+        use_teacher(args.teacher)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     start = time.perf_counter()
@@ -111,9 +118,7 @@ def main() -> None:
     for n in sizes:
         entry = {"train_states": n}
         net = fit_mlp(train_x[:n], train_y[:n], 0, args.seed, args.epochs)
-        with torch.no_grad():
-            exact = net(torch.from_numpy(test_x.astype(np.float32) * MLP_SCALE)).argmax(-1).numpy()
-        entry["exact"] = score(exact, test_y, test_phases)
+        entry["exact"] = score(mlp_classes(net, test_x), test_y, test_phases)
         entry["jitter1"] = score(ram_mlp(train_x[:n], train_y[:n], test_x, 1, args.seed, args.epochs),
                                  test_y, test_phases)
         if args.play:

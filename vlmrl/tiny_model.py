@@ -20,6 +20,7 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,7 @@ def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: P
     }
 
 
+@lru_cache(maxsize=1)
 def _text_digest() -> str:
     corpus = "\n".join(_tokenizer_corpus(perception_texts(GAME)))
     return hashlib.sha256(corpus.encode()).hexdigest()[:16]
