@@ -68,12 +68,22 @@ def use_teacher(lookahead: str | None) -> str:
     return f"-teacher-{lookahead}"
 
 
+def model_key(model: str) -> str:
+    """The model's folder name and the start of its weights' digest: a rebuilt base (same folder, other
+    weights or prompt) never reuses the rows or fine-tunes cached for the one before."""
+    import hashlib
+
+    weights = Path(model) / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:8] if weights.exists() else "nodigest"
+    return f"{Path(model).name}-{digest}"
+
+
 def label_states(part: Path, model: str, suffix: str = "") -> Path:
     """The oracle's label of every step, as training rows seen the way ``model`` sees (its record)."""
     from vlmrl.configs import ReflectArguments
     from vlmrl.reflection import reflect
 
-    out = part / f"reflections-{Path(model).name}{suffix}"
+    out = part / f"reflections-{model_key(model)}{suffix}"
     if not (out / ".vlmrl" / "summary.json").exists():
         reflect(ReflectArguments(episodes=str(part / "episodes"), reflector="oracle", reflect_on="all",
                                  reflection_rate=1.0, completion_reasoning=False, model=model,
@@ -188,7 +198,8 @@ def model_predictions(checkpoint: str, test_dir: Path, limit: int | None = None)
     return np.array(out)
 
 
-def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float) -> dict:
+def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float, batch_size: int = 32,
+                balance: bool = True) -> dict:
     from trl import ModelConfig, SFTConfig
 
     from vlmrl.cli import parse
@@ -196,8 +207,8 @@ def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float) -
 
     script, training, model_args = parse((TrainScriptArguments, SFTConfig, ModelConfig), [
         "--model_name_or_path", base, "--reflections", str(reflections), "--output_dir", str(out),
-        "--num_train_epochs", "1", "--per_device_train_batch_size", "32", "--learning_rate", str(lr),
-        "--lr_scheduler_type", "constant", "--balance_actions", "true", "--report_to", "none",
+        "--num_train_epochs", "1", "--per_device_train_batch_size", str(batch_size), "--learning_rate", str(lr),
+        "--lr_scheduler_type", "constant", "--balance_actions", str(balance).lower(), "--report_to", "none",
         "--save_strategy", "no", "--seed", str(seed), "--logging_steps", "50"], defaults=cpu_defaults())
     return train(script, training, model_args)
 
@@ -211,8 +222,12 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=10, help="500-step episodes of held-out states")
     parser.add_argument("--epochs", type=int, default=3, help="passes of the model over the (class-balanced) labels")
     parser.add_argument("--lr", type=float, default=1e-3, help="the model's learning rate (constant)")
+    parser.add_argument("--batch-size", type=int, default=32, help="the model's training batch")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="train on the labels as they come (default: class-balanced, as the loop trains)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
+    parser.add_argument("--skip-ram", action="store_true", help="only the model (no RAM ceilings)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     add_teacher_argument(parser)  # the states stay the same whoever labels them
     args = parser.parse_args()
@@ -231,7 +246,8 @@ def main() -> None:
         if not (part / "episodes" / ".vlmrl" / "summary.json").exists():
             collect_states(collector, part, episodes, seed)
         parts[name] = part
-    report: dict = {"model": args.model, "collect_model": collector,
+    report: dict = {"model": args.model, "lr": args.lr, "batch_size": args.batch_size,
+                    "balanced": not args.no_balance, "collect_model": collector,
                     "teacher": args.teacher or "the game's oracle", "data_s": round(time.perf_counter() - start, 1),
                     "load_average_1m": os.getloadavg()[0]}
     data = {}
@@ -242,17 +258,18 @@ def main() -> None:
     (train_x, train_y, train_phases), (test_x, test_y, test_phases) = data["train"], data["test"]
     report["train_states"], report["test_states"] = len(train_y), len(test_y)
     report["label_share"] = {c: round(float(np.mean(test_y == i)), 3) for i, c in enumerate(CLASSES)}
-    for name, jitter in (("ram_exact", 0), ("ram_jitter1", 1)):
+    for name, jitter in () if args.skip_ram else (("ram_exact", 0), ("ram_jitter1", 1)):
         report[name] = score(ram_mlp(train_x, train_y, test_x, jitter, args.seed), test_y, test_phases)
     if not args.skip_model:
         report["model_epochs"] = []
         current = args.model
         for epoch in range(1, args.epochs + 1):
-            out = cache / f"ft-{Path(args.model).name}-seed{args.seed}-lr{args.lr:g}{suffix}" / f"epoch_{epoch}"
+            variant = f"seed{args.seed}-lr{args.lr:g}-b{args.batch_size}{'-unbalanced' if args.no_balance else ''}"
+            out = cache / f"ft-{model_key(args.model)}-{variant}{suffix}" / f"epoch_{epoch}"
             t = time.perf_counter()
             if not (out / "train_metrics.json").exists():
                 metrics = train_epoch(current, label_states(parts["train"], args.model, suffix), out, args.seed,
-                                      args.lr)
+                                      args.lr, args.batch_size, not args.no_balance)
             else:
                 metrics = json.loads((out / "train_metrics.json").read_text())
             entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],
