@@ -29,8 +29,11 @@ EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
 # Who reflects and on what (learning without the oracle): REFLECTOR=grounded|self-imitation|self|model:<id>,
-# OUTCOME=ahead|ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set).
+# OUTCOME=ahead|ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set),
+# ADVANTAGE=1 (self-imitation keeps the steps that beat their episode's mean return). A reflector other than
+# the oracle also collects with no oracle play (teacher mix 0) unless TEACHER_MIX is given.
 REFLECTOR ?=
+ADVANTAGE ?=
 OUTCOME ?=
 REHEARSAL_SHARE ?=
 # The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
@@ -58,7 +61,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
-	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) \
+	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) $(if $(ADVANTAGE),--advantage $(ADVANTAGE)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,

@@ -92,6 +92,22 @@ def test_reflector_outcome_and_rehearsal_knobs_reach_their_phases(tmp_path):
     assert train[train.index("--rehearsal-share") + 1] == "0.2" and "--reflector" not in train
     assert "--reflector" not in phase_command("reflect", exp_dir=exp, recipe=recipe, k=1, overrides={})
 
+
+def test_a_reflector_other_than_the_oracle_collects_without_oracle_play(tmp_path):
+    recipe = _recipe(tmp_path, "base-model-path")
+    exp = tmp_path / "exp"
+
+    def mix(**knobs):
+        cmd = phase_command("collect", exp_dir=exp, recipe=recipe, k=1, overrides=knobs)
+        return cmd[cmd.index("--teacher-mix") + 1] if "--teacher-mix" in cmd else None
+
+    assert mix() is None and mix(reflector="oracle") is None  # the recipe's mixture
+    assert mix(reflector="grounded") == "0" and mix(reflector="self-imitation") == "0"
+    assert mix(reflector="grounded", teacher_mix="0.3") == "0.3"  # said outright: kept
+    reflect = phase_command("reflect", exp_dir=exp, recipe=recipe, k=1,
+                            overrides={"reflector": "self-imitation", "advantage": "1"})
+    assert reflect[reflect.index("--advantage") + 1] == "1"
+
 def _make(tmp_path, recipe, *targets, **variables):
     venv_python = Path(sys.executable)
     args = ["make", "--no-print-directory", *targets, f"PY={venv_python}", "BASE_DEP=",

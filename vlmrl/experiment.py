@@ -107,12 +107,16 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(100_000 * seed + 1000 * k)]
         cmd += _flags(o, episodes="--episodes", max_steps="--max-steps", num_envs="--num-envs",
                       teacher_mix="--teacher-mix")
+        if "teacher_mix" not in o and o.get("reflector", "oracle") != "oracle":
+            # Learning without the oracle: it corrects no step, so it plays none either (TEACHER_MIX says otherwise).
+            cmd += ["--teacher-mix", "0"]
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "episodes")]
     elif phase == "reflect":
         cmd = [*py, str(ROOT / "reflect.py"), *config, "--episodes", str(it / "episodes"),
                "--output-dir", str(it / "reflections"), "--model", model_for(exp_dir, k, base), "--seed", str(seed)]
-        cmd += _flags(o, reflection_rate="--reflection-rate", reflector="--reflector", outcome="--outcome")
+        cmd += _flags(o, reflection_rate="--reflection-rate", reflector="--reflector", outcome="--outcome",
+                      advantage="--advantage")
         if hub:
             cmd += ["--push-to-hub", hub_repo_id(hub, "reflections")]
     elif phase == "train":
@@ -320,6 +324,8 @@ def _add_knobs(p) -> None:
          "self-imitation"),
         ("--outcome", "hindsight frame shown to the reflector: ahead, ball_at_paddle (Pong), point or next"),
         ("--rehearsal-share", "share of each training set made of perception questions (keeps the probe)"),
+        ("--advantage", "self-imitation: keep the steps whose return beats their episode's mean (1) instead of "
+         "those with a positive return"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")
