@@ -70,16 +70,20 @@ def test_caption_targets():
     assert caption_tokens(scene_from_ram(ram(205, 206, 30)))[1:4] == ["<y15>", "<x15>", "<p0>"]
 
 
-def test_physics_caption_reads_the_crossing_and_the_paddle_rest():
+def test_physics_caption_reads_the_teachers_aim_and_the_paddle_rest():
     # Toward the player and up: it meets the top wall and crosses the paddle's column at RAM y 67
-    # (90 - 68 folded at 44.5), playfield row 21, bucket 2; the paddle moved down 10 since the
-    # previous frame, so it would come to rest 7.5 further down (momentum 0.75): row 68, bucket 6.
+    # (90 - 68 folded at 44.5), playfield row 21; the teacher aims where it will be two steps on,
+    # RAM y 90 - 2 * 4 = 82, row 36, bucket 3; the paddle moved down 10 since the previous frame,
+    # so it would come to rest 7.5 further down (momentum 0.75): row 68, bucket 6.
     scene = scene_from_ram(ram(120, 90, 100), ram(116, 94, 90))
-    assert scene.crossing_row == 21 and scene.paddle_rest_row == 68
-    assert caption_tokens(scene, physics=True) == ["<y2>", "<p6>", *caption_tokens(scene)]
+    assert scene.crossing_row == 21 and scene.aim_row == 36 and scene.paddle_rest_row == 68
+    assert caption_tokens(scene, physics=True) == ["<y3>", "<p6>", *caption_tokens(scene)]
+    # Two steps on past a wall: held at the wall (RAM y 50 - 2 * 6 = 38 -> 44.5, row -1, bucket 0).
+    assert scene_from_ram(ram(120, 50, 100), ram(116, 56, 100)).aim_row == round(44.5) - 46
     # Going away: no crossing; a still paddle rests where it is; no previous frame: no crossing.
     away = scene_from_ram(ram(150, 120, 30), ram(154, 120, 30))
-    assert away.crossing_row is None and caption_tokens(away, physics=True)[:2] == ["<hnone>", "<p0>"]
+    assert away.crossing_row is None and away.aim_row is None
+    assert caption_tokens(away, physics=True)[:2] == ["<hnone>", "<p0>"]
     assert scene_from_ram(ram(150, 120)).crossing_row is None
     # A bounce off the bottom wall folds back: y 200 + 3 * (188 - 180) / 2 = 212 -> 201, row 155.
     assert scene_from_ram(ram(180, 200), ram(178, 197)).crossing_row == 155

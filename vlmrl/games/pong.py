@@ -272,9 +272,12 @@ class PongScene:
     horizontal: str | None
     # Physics read off two frames (what the oracle computes, no action): the row where the ball
     # will cross the paddle's column when it comes toward the player (walls folded in; None
-    # otherwise), and the row where the paddle would come to rest if released now (momentum).
+    # otherwise), the row the teacher aims at then (the ball TEACHER_LOOKAHEAD steps on, held
+    # inside the walls; the crossing when it aims there), and the row where the paddle would come
+    # to rest if released now (momentum).
     crossing_row: int | None = None
     paddle_rest_row: int | None = None
+    aim_row: int | None = None
 
 
 def ball_drawn(frame: np.ndarray) -> bool:
@@ -303,13 +306,16 @@ def scene_from_ram(
         return PongScene(False, None, None, paddle_row, None, None, None, paddle_rest_row=rest_row)
     # Same threshold as the oracle's: ball_y - paddle_y == PADDLE_CENTRE_OFFSET is the paddle's middle.
     above = state.ball_y - state.player_y < PADDLE_CENTRE_OFFSET
-    vertical = horizontal = crossing = None
+    vertical = horizontal = crossing = aim = None
     if prev is not None and prev.ball_in_play:
         dy, dx = state.ball_y - prev.ball_y, state.ball_x - prev.ball_x
         vertical = "up" if dy < 0 else "down" if dy > 0 else None
         horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
         if dx > 0:
             crossing = round(predict_intercept_y(state.ball_x, state.ball_y, dx, dy)) - _BALL_ROW_OFFSET
+            ahead = state.ball_y + TEACHER_LOOKAHEAD * dy
+            aim = crossing if TEACHER_LOOKAHEAD is None else (
+                round(min(max(ahead, WALL_TOP_Y), WALL_BOTTOM_Y)) - _BALL_ROW_OFFSET)
     return PongScene(
         ball_visible=True,
         ball_row=state.ball_y - _BALL_ROW_OFFSET,
@@ -320,6 +326,7 @@ def scene_from_ram(
         horizontal=horizontal,
         crossing_row=crossing,
         paddle_rest_row=rest_row,
+        aim_row=aim,
     )
 
 
@@ -375,14 +382,14 @@ def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
 
 
 def physics_tokens(scene: PongScene) -> list[str]:
-    """Two pieces put before the caption with ``physics``: the row bucket where the ball will cross
-    the paddle's column (``<hnone>`` when it is not coming toward the player) and the row bucket
-    where the paddle would come to rest. They reuse the row tokens (``<y..>``, ``<p..>``): the
-    vocabulary, and so the default build, stay the same. First, so that nothing after them gives
-    them away under teacher forcing."""
-    crossing = "<hnone>" if scene.crossing_row is None else f"<y{_bucket(scene.crossing_row, PLAYFIELD_HEIGHT)}>"
+    """Two pieces put before the caption with ``physics``: the row bucket the teacher aims at (where
+    the ball will be ``TEACHER_LOOKAHEAD`` steps on; ``<hnone>`` when it is not coming toward the
+    player) and the row bucket where the paddle would come to rest. They reuse the row tokens
+    (``<y..>``, ``<p..>``): the vocabulary, and so the default build, stay the same. First, so that
+    nothing after them gives them away under teacher forcing."""
+    aim = "<hnone>" if scene.aim_row is None else f"<y{_bucket(scene.aim_row, PLAYFIELD_HEIGHT)}>"
     rest = scene.paddle_rest_row if scene.paddle_rest_row is not None else scene.paddle_row
-    return [crossing, f"<p{_bucket(rest, PLAYFIELD_HEIGHT)}>"]
+    return [aim, f"<p{_bucket(rest, PLAYFIELD_HEIGHT)}>"]
 
 
 # --- the probe's questions --------------------------------------------------------------------
