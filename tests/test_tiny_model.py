@@ -179,3 +179,24 @@ def test_the_build_records_a_checksum_of_its_weights(tiny_model):
     report = json.loads((Path(tiny_model) / "tiny_config.json").read_text())["report"]
     assert report["weights_sha256"] == weights_checksum(AutoModelForImageTextToText.from_pretrained(tiny_model))
     assert report["weights_sha256"] in (Path(tiny_model) / "README.md").read_text()
+
+
+def test_question_weights_reach_the_pretraining_and_bad_ones_exit_2(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_build(out, config, *, pretrain, **kw):
+        seen.append(pretrain)
+        out.mkdir(parents=True)
+        (out / tiny_model.TINY_CONFIG_FILE).write_text('{"report": {}}')
+        return out
+
+    monkeypatch.setattr(tiny_model, "build_tiny_model", fake_build)
+    main(["--output-dir", str(tmp_path / "m"), "--threads", "0", "--question-weights", "above_below=2,horizontal=3"])
+    assert seen[0].question_weights == {"above_below": 2.0, "horizontal": 3.0}
+    main(["--output-dir", str(tmp_path / "d"), "--threads", "0"])
+    assert seen[1].question_weights == PretrainConfig().question_weights  # the default recipe, unchanged
+    for value, words in (("horizontal", "name=weight"), ("sideways=2", "weights of"), ("horizontal=-1", "non-neg")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output-dir", str(tmp_path / "x"), "--question-weights", value])
+        assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

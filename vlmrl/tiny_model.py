@@ -270,6 +270,22 @@ def build_tiny_model(
     return output_dir
 
 
+def _weights(text: str) -> dict[str, float]:
+    """``name=w,name=w`` -> {name: w}; a malformed pair is a ValueError."""
+    out = {}
+    for pair in filter(None, text.split(",")):
+        name, _, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--question-weights wants name=weight pairs separated by commas, got {pair!r}") from None
+    return out
+
+
+def _weights_text(weights: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in weights.items())
+
+
 def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: PretrainConfig | None) -> dict:
     """Everything that decides the weights: a build with the same recipe is the same model.
 
@@ -438,6 +454,11 @@ def main(argv: list[str] | None = None) -> None:
         "rest (the physics the oracle's decisions turn on; still no action labels)",
     )
     parser.add_argument(
+        "--question-weights", default=None,
+        help="relative weights of the probe's questions in the pre-training, e.g. above_below=2,horizontal=3 "
+        f"(questions not named weigh 1; default {_weights_text(defaults.question_weights)})",
+    )
+    parser.add_argument(
         "--probe-frames", type=int, default=500,
         help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
     )
@@ -463,8 +484,10 @@ def main(argv: list[str] | None = None) -> None:
     pretrain = None
     if not args.no_pretrain:
         try:
+            weights = defaults.question_weights if args.question_weights is None else _weights(args.question_weights)
             pretrain = PretrainConfig(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
-                                      physics_caption=args.physics_caption)
+                                      physics_caption=args.physics_caption, question_weights=weights)
+            pretrain.check_questions(GAME)
         except ValueError as err:
             parser.error(str(err))
     out = Path(args.output_dir)
