@@ -104,7 +104,7 @@ def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatc
 
     calls = []
 
-    def fake_build(out, config, *, pretrain, probe_frames, progress):
+    def fake_build(out, config, *, pretrain, probe_frames, progress, games):
         calls.append((config.seed, pretrain))
         return out
 
