@@ -371,8 +371,10 @@ def _third(scene: BreakoutScene) -> str | None:
 
 
 QUESTIONS: tuple[Question, ...] = (
-    Question("left_right", "Is the ball to the left or right of your paddle (the one at the bottom)?",
-             ("left", "right"), lambda s: s.ball_side),
+    # No longer than Pong's above/below question: a batch is padded to its longest prompt, so in a two-game
+    # pre-training a longer one would lengthen nearly every batch.
+    Question("left_right", "Is the ball to the left or right of your paddle?", ("left", "right"),
+             lambda s: s.ball_side),
     Question("vertical", "Is the ball moving up or down?", ("up", "down"), lambda s: s.vertical),
     Question("horizontal", "Is the ball moving left or right?", ("left", "right"), lambda s: s.horizontal),
     Question("ball_third", "Is the ball in the top, middle or bottom third?", ("top", "middle", "bottom"), _third),
