@@ -186,13 +186,16 @@ def test_the_build_records_a_checksum_of_its_weights(tiny_model):
 # --- the default build is Pong's, as it always was; a build may see several games -------------------------------
 
 # A small default build (64 frames, 2 steps) made by the code before --games existed (commit ee99e6a) with
-# VLMRL_PORTABLE_KERNELS=1, whose results depend on the seed alone: the default path must give the same weights.
+# VLMRL_PORTABLE_KERNELS=1, whose results depend on the seed alone on x86-64 (for one torch version): the
+# default path must give the same weights. The tokenizer's text digest holds anywhere.
 DEFAULT_SMALL_BUILD_SHA256 = "e915f08221d2fa07e55e68215c7ad7e3e55f90758ddc4c29aa9dd5ceb3703624"
+DEFAULT_SMALL_BUILD_PLATFORM = ("x86_64", "2.13.")
 DEFAULT_TOKENIZER_TEXT_SHA256 = "52cd79bfaa35ac58"
 
 
 def test_the_default_build_is_unchanged_by_the_games_option(tmp_path):
     import os
+    import platform
     import subprocess
     import sys
 
@@ -201,10 +204,14 @@ def test_the_default_build_is_unchanged_by_the_games_option(tmp_path):
     subprocess.run([sys.executable, "-m", "vlmrl.tiny_model", "--output-dir", str(out), "--pretrain-frames", "64",
                     "--pretrain-epochs", "1", "--probe-frames", "0"], env=env, check=True, capture_output=True)
     recorded = json.loads((out / "tiny_config.json").read_text())
-    assert recorded["report"]["weights_sha256"] == DEFAULT_SMALL_BUILD_SHA256
     assert recorded["tokenizer_text_sha256"] == DEFAULT_TOKENIZER_TEXT_SHA256
     assert "games" not in recorded and "games" not in recorded["report"]
     assert "probe" in recorded["report"] and "ALE/Pong-v5" not in recorded["report"]["probe"]
+    machine, version = DEFAULT_SMALL_BUILD_PLATFORM
+    if platform.machine() != machine or not torch.__version__.startswith(version):
+        pytest.skip(f"the weights were pinned on {machine} with torch {version}x (here {platform.machine()}, "
+                    f"torch {torch.__version__})")
+    assert recorded["report"]["weights_sha256"] == DEFAULT_SMALL_BUILD_SHA256
 
 
 TWO_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5")
