@@ -214,3 +214,64 @@ def test_the_breakout_recipes_name_breakout_in_every_phase(model, tmp_path):
     if model == "tiny-smolvlm":  # two frames in one motion image of Breakout's own crop, size from the model
         cmd = phase_command("collect", exp_dir=tmp_path, recipe=recipe, k=1, overrides={})
         assert cmd[-6:] == ["--frames", "2", "--encoding", "motion", "--crop", "true"]
+
+
+# --- perception targets: what an observation shows, from the RAM --------------------------------------------------
+
+
+def test_scene_reads_ball_paddle_side_and_directions_off_the_ram():
+    from vlmrl.games.breakout import scene_from_ram
+
+    # Ball x 100 (column 52), y 120 (row 99 of the crop), falling left; paddle x 120 (middle column 80).
+    scene = scene_from_ram(ram(paddle_x=120, ball_x=100, ball_y=120), ram(paddle_x=120, ball_x=104, ball_y=112))
+    assert (scene.ball_row, scene.ball_col, scene.paddle_col) == (99, 52, 80)
+    assert (scene.ball_side, scene.vertical, scene.horizontal) == ("left", "down", "left")
+    # Over the paddle's middle (ball_x - paddle_x == 9) counts as right, as the oracle's aim does.
+    assert scene_from_ram(ram(paddle_x=100, ball_x=100 + PADDLE_CENTRE_OFFSET, ball_y=120)).ball_side == "right"
+    assert scene_from_ram(ram(paddle_x=100, ball_x=99 + PADDLE_CENTRE_OFFSET, ball_y=120)).ball_side == "left"
+    # No history, a serve's jump: no direction. Waiting to be served, or fallen below the crop: no ball.
+    assert scene_from_ram(ram(ball_x=100, ball_y=120)).vertical is None
+    assert scene_from_ram(ram(ball_x=100, ball_y=120), ram(ball_x=40, ball_y=200)).horizontal is None
+    for gone in (ram(ball_x=100, ball_y=0), ram(ball_x=100, ball_y=190)):
+        scene = scene_from_ram(gone)
+        assert not scene.ball_visible and scene.ball_side is scene.ball_row is scene.vertical is None
+
+
+def test_caption_and_question_keys():
+    from vlmrl.games.breakout import CAPTION_TOKENS, NO_BALL, QUESTIONS_BY_NAME, caption_tokens, scene_from_ram
+
+    game = get_game("ALE/Breakout-v5")
+    scene = scene_from_ram(ram(paddle_x=120, ball_x=100, ball_y=120), ram(paddle_x=120, ball_x=104, ball_y=112))
+    assert game.caption_tokens(scene) == caption_tokens(scene) == [" left", "<y9>", "<x5>", "<p8>", " down", " left"]
+    assert caption_tokens(scene_from_ram(ram(paddle_x=191))) == [NO_BALL, NO_BALL, NO_BALL, "<p15>", NO_BALL, NO_BALL]
+    assert set(game.caption_vocabulary) == set(CAPTION_TOKENS) == set(get_game("ALE/Pong-v5").caption_vocabulary)
+    answers = {name: q.answer(scene) for name, q in QUESTIONS_BY_NAME.items()}
+    assert answers == {"left_right": "left", "vertical": "down", "horizontal": "left", "ball_third": "middle",
+                       "ball_visible": "yes"}
+    assert game.key_question == "left_right" and game.key_question in QUESTIONS_BY_NAME
+    with pytest.raises(ValueError, match="Pong's"):
+        caption_tokens(scene, physics=True)
+
+
+def test_perception_never_says_an_action_token():
+    """Breakout's side and directions are lower-case words ("left"), never the action tokens ("LEFT")."""
+    from vlmrl.perception import perception_texts
+
+    game = get_game("ALE/Breakout-v5")
+    pieces = {p for _, slot in game.caption_slots for p in slot}
+    words = set(" ".join([*perception_texts(game), *pieces]).replace("?", " ").replace(".", " ").split())
+    assert not words & set(game.actions)
+
+
+def test_varied_play_gives_breakout_scenes_with_every_answer():
+    from itertools import islice
+
+    from vlmrl.rollout import varied_play
+
+    game = get_game("ALE/Breakout-v5")
+    play = varied_play(game, seed=3, num_envs=2, keep_prob=0.5)
+    scenes = [item.scene(game) for item in islice(play, 150)]
+    play.close()
+    answers = {q.name: {q.answer(s) for s in scenes} for q in game.questions}
+    assert {"left", "right"} <= answers["left_right"] and {"up", "down"} <= answers["vertical"]
+    assert {"yes", "no"} <= answers["ball_visible"]

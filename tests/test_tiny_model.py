@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from vlmrl import tiny_model
+from vlmrl.games.breakout import QUESTIONS as BREAKOUT_QUESTIONS
 from vlmrl.games.pong import ACTIONS, CAPTION_TOKENS, QUESTIONS
 from vlmrl.observation import encode_observation
 from vlmrl.perception import PretrainConfig
@@ -104,7 +106,7 @@ def test_cli_skips_a_built_recipe_and_rebuilds_another(built, capsys, monkeypatc
 
     calls = []
 
-    def fake_build(out, config, *, pretrain, probe_frames, progress):
+    def fake_build(out, config, *, pretrain, probe_frames, progress, games):
         calls.append((config.seed, pretrain))
         return out
 
@@ -200,3 +202,140 @@ def test_question_weights_reach_the_pretraining_and_bad_ones_exit_2(tmp_path, mo
             main(["--output-dir", str(tmp_path / "x"), "--question-weights", value])
         assert exit_info.value.code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+# --- the default build is Pong's, as it always was; a build may see several games -------------------------------
+
+# A small default build (64 frames, 2 steps) made by the code before --games existed (commit ee99e6a) with
+# VLMRL_PORTABLE_KERNELS=1, whose results depend on the seed alone on x86-64 (for one torch version): the
+# default path must give the same weights. The tokenizer's text digest holds anywhere.
+DEFAULT_SMALL_BUILD_SHA256 = "e915f08221d2fa07e55e68215c7ad7e3e55f90758ddc4c29aa9dd5ceb3703624"
+DEFAULT_SMALL_BUILD_PLATFORM = ("x86_64", "2.13.")
+DEFAULT_TOKENIZER_TEXT_SHA256 = "52cd79bfaa35ac58"
+
+
+def test_the_default_build_is_unchanged_by_the_games_option(tmp_path):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    out = tmp_path / "default"
+    env = {**os.environ, "VLMRL_PORTABLE_KERNELS": "1"}
+    subprocess.run([sys.executable, "-m", "vlmrl.tiny_model", "--output-dir", str(out), "--pretrain-frames", "64",
+                    "--pretrain-epochs", "1", "--probe-frames", "0"], env=env, check=True, capture_output=True)
+    recorded = json.loads((out / "tiny_config.json").read_text())
+    assert recorded["tokenizer_text_sha256"] == DEFAULT_TOKENIZER_TEXT_SHA256
+    assert "games" not in recorded and "games" not in recorded["report"]
+    assert "probe" in recorded["report"] and "ALE/Pong-v5" not in recorded["report"]["probe"]
+    machine, version = DEFAULT_SMALL_BUILD_PLATFORM
+    if platform.machine() != machine or not torch.__version__.startswith(version):
+        pytest.skip(f"the weights were pinned on {machine} with torch {version}x (here {platform.machine()}, "
+                    f"torch {torch.__version__})")
+    assert recorded["report"]["weights_sha256"] == DEFAULT_SMALL_BUILD_SHA256
+
+
+TWO_GAMES = ("ALE/Pong-v5", "ALE/Breakout-v5")
+
+
+@pytest.fixture(scope="module")
+def two_games(tmp_path_factory):
+    """A two-game build with a few steps of pre-training, and the perception data it was pre-trained on."""
+    games = tiny_model.parse_games(",".join(TWO_GAMES))
+    pretrain = PretrainConfig.for_games(games, frames=32, epochs=1, batch_size=16, warmup_steps=1)
+    seen = []
+
+    def recording(model, processor, data, *args, **kwargs):
+        seen.append(data)
+        return real(model, processor, data, *args, **kwargs)
+
+    real = tiny_model.pretrain_perception
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tiny_model, "pretrain_perception", recording)
+            path = build_tiny_model(tmp_path_factory.mktemp("two") / "m", TinyModelConfig(seed=0), pretrain=pretrain,
+                                    probe_frames=16, games=games)
+    finally:
+        torch.set_num_threads(threads)
+    return path, seen[0]
+
+
+def test_games_are_named_by_id_or_name_and_bad_ones_exit_2_before_anything_is_written(tmp_path, capsys):
+    assert [g.id for g in tiny_model.parse_games("pong, Breakout")] == list(TWO_GAMES)
+    assert [g.id for g in tiny_model.parse_games(",".join(TWO_GAMES))] == list(TWO_GAMES)
+    for games, message in (("pong,tetris", "unknown game 'tetris'"), ("pong,ALE/Pong-v5", "Pong is named twice"),
+                           ("pong,", "unknown game ''")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output-dir", str(tmp_path / "x"), "--games", games])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+        assert "unknown" not in message or "ALE/Breakout-v5 (breakout), ALE/Pong-v5 (pong)" in err  # what is known
+    for extra in (["--physics-caption"], ["--pretrain-frames", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output-dir", str(tmp_path / "x"), "--games", "pong,breakout", *extra])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_two_game_tokenizer_covers_both_games(two_games):
+    from vlmrl.games import get_game
+
+    tokenizer = AutoTokenizer.from_pretrained(two_games[0])
+    for game in map(get_game, TWO_GAMES):
+        for action in game.actions:
+            assert len(tokenizer(action, add_special_tokens=False)["input_ids"]) == 1, (game.name, action)
+        for token in game.caption_vocabulary:
+            assert tokenizer(token, add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(token)]
+        pieces = {p for _, slot in game.caption_slots for p in slot}
+        assert all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) == 1 for p in pieces), game.name
+        for q in game.questions:
+            firsts = {tokenizer(option_text(o), add_special_tokens=False)["input_ids"][0] for o in q.options}
+            assert len(firsts) == len(q.options), (game.name, q.name)
+
+
+def test_two_game_pretraining_sees_frames_of_both_games(two_games):
+    from vlmrl.games.breakout import BreakoutScene
+    from vlmrl.games.pong import PongScene
+
+    _, data = two_games
+    assert [part.game.id for part in data] == list(TWO_GAMES) and [len(part) for part in data] == [16, 16]
+    assert all(isinstance(s, PongScene) for s in data[0].scenes)
+    assert all(isinstance(s, BreakoutScene) for s in data[1].scenes)
+    # Each game seen through its own crop and background: the same image size, different pictures.
+    assert data[0].images.shape[1:] == data[1].images.shape[1:] == (1, 128, 128, 3)
+    assert not np.array_equal(data[0].images.mean(axis=0), data[1].images.mean(axis=0))
+
+
+def test_a_two_game_build_records_its_games_and_a_probe_per_game(two_games):
+    path, _ = two_games
+    recorded = json.loads((path / "tiny_config.json").read_text())
+    assert recorded["games"] == recorded["report"]["games"] == list(TWO_GAMES)
+    assert recorded["pretrain"]["question_weights"] == {"above_below": 2.0, "left_right": 2.0}
+    assert recorded["report"]["frames_by_game"] == dict.fromkeys(TWO_GAMES, 16)
+    assert recorded["report"]["pretrain"]["samples"] == 32  # the budget given, shared: not per game
+    probes = recorded["report"]["probe"]
+    assert list(probes) == list(TWO_GAMES)
+    assert set(probes["ALE/Breakout-v5"]["pretrained"]) == {q.name for q in BREAKOUT_QUESTIONS}
+    assert set(probes["ALE/Pong-v5"]["random_init"]) == {q.name for q in QUESTIONS}
+    card = (path / "README.md").read_text()
+    assert "Taught to see Pong and Breakout" in card and "- breakout" in card
+    assert "## Vision probe (Pong," in card and "## Vision probe (Breakout," in card
+    # Another game list is another recipe: a Pong build is not taken for it, nor it for a Pong build.
+    config = TinyModelConfig()
+    pong_only = tiny_model._recipe(config, tiny_model.observation_config(config), PretrainConfig())
+    assert tiny_model.built_recipe(path) != pong_only
+
+
+@pytest.mark.parametrize("game", ["pong", "breakout"])
+def test_each_games_recipe_loads_the_two_game_model_and_plays(two_games, game, tmp_path):
+    import evaluate
+    from vlmrl.cli import parse
+    from vlmrl.configs import EvaluateArguments
+    from vlmrl.experiment import phase_command
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "tiny-smolvlm" / game
+    cmd = phase_command("evaluate", exp_dir=tmp_path, recipe=recipe, k=0,
+                        overrides={"base_model": str(two_games[0]), "eval_episodes": 1, "eval_max_steps": 3})
+    (args,) = parse((EvaluateArguments,), [*cmd[2:], "--num-envs", "1", "--no-video", "--no-progress"])
+    results = evaluate.main(args)
+    assert results["env_steps"] == 3 and results["game"] == args.game and args.game.lower().startswith(f"ale/{game}")

@@ -4,14 +4,16 @@ A short pre-training on frames of varied play (``vlmrl.rollout.varied_play``) wi
 from the RAM only: a dense caption of what the observation shows (``Game.caption_tokens``) or one
 of the vision probe's questions (``Game.questions``). It never shows an action label or an action
 name: the model learns to see, not to play (FACTS: a tiny model that sees learns to act from few
-corrections). The answer key, captions and questions are the game's (``vlmrl.games.pong``).
+corrections). The answer key, captions and questions are the game's (``vlmrl.games.pong``,
+``vlmrl.games.breakout``). One pre-training may mix several games' frames: each sample is asked its
+own game's caption or questions, about its own game's observation.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
@@ -112,9 +114,19 @@ class PretrainConfig:
         if any(w < 0 for w in self.question_weights.values()):
             raise ValueError(f"question_weights must be non-negative, got {self.question_weights}")
 
-    def check_questions(self, game: Game) -> None:
-        """The weights must name questions of the game."""
-        names = [q.name for q in game.questions]
+    @classmethod
+    def for_games(cls, games: Sequence[Game], **settings) -> PretrainConfig:
+        """The recipe for these games: each game's key question weighs 2 (for Pong alone, the default),
+        unless ``question_weights`` is given."""
+        weights = settings.pop("question_weights", None)
+        if weights is None:
+            weights = {g.key_question: 2.0 for g in games if g.key_question}
+        return cls(question_weights=weights, **settings)
+
+    def check_questions(self, games: Game | Sequence[Game]) -> None:
+        """The weights must name questions of the game (of one of the games)."""
+        games = [games] if isinstance(games, Game) else games
+        names = list(dict.fromkeys(q.name for g in games for q in g.questions))
         if set(self.question_weights) - set(names):
             raise ValueError(f"question_weights must be weights of {names}, got {self.question_weights}")
 
@@ -228,10 +240,32 @@ def _answer_loss(model, seqs: list[list[int]], prompt_lens: list[int], pixel_val
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1))
 
 
+class _GameTasks:
+    """One game's part of a pre-training: its tasks' prompts, each sample's targets, the task odds."""
+
+    def __init__(self, processor, observation: ObservationConfig, data: PerceptionData, config: PretrainConfig):
+        self.prompts = _task_prompts(processor, observation, data.images[0], data.game)
+        self.targets = _target_ids(processor.tokenizer, data.scenes, data.game, config.physics_caption)
+        self.tasks = list(self.prompts)  # "caption" first, then the questions
+        weights = np.array([config.question_weights.get(t, 1.0) for t in self.tasks[1:]])
+        odds = np.array([config.caption_fraction, *((1.0 - config.caption_fraction) * weights / weights.sum())])
+        # What numpy's Generator.choice(p=odds) does with one uniform draw: the same draws, the same tasks.
+        self.cdf = odds.cumsum()
+        self.cdf /= self.cdf[-1]
+
+    def sample(self, i: int, draw: float) -> tuple[list[int], int]:
+        """Sample ``i``'s sequence (prompt + answer) for a uniform ``draw``, and its prompt's length."""
+        task = self.tasks[int(self.cdf.searchsorted(draw, side="right"))]
+        target, prompt = self.targets[task][i], self.prompts[task]
+        if target is None:  # the question has no answer here (no ball): caption instead
+            target, prompt = self.targets["caption"][i], self.prompts["caption"]
+        return prompt + target, len(prompt)
+
+
 def pretrain_perception(
     model,
     processor,
-    data: PerceptionData,
+    data: PerceptionData | Sequence[PerceptionData],
     observation: ObservationConfig,
     config: PretrainConfig | None = None,
     *,
@@ -241,25 +275,34 @@ def pretrain_perception(
     """Teaches ``model`` to see: a dense caption (or one probe question) per frame, loss on
     every answer token, AdamW with warm-up and cosine decay. Targets come from the RAM only.
 
+    ``data`` may be several games' frames (one ``PerceptionData`` each, encoded with the same
+    observation settings): they are shuffled together, each sample asked about in its own game's words.
+
     ``callback(step, loss)`` runs after each optimizer step (e.g. to probe a learning curve;
     it must leave the model in train mode)."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     config = config or PretrainConfig()
-    if len(data) == 0:
-        raise ValueError("no perception data to pre-train on")
-    tokenizer = processor.tokenizer
+    parts = [data] if isinstance(data, PerceptionData) else list(data)
+    if not parts or any(len(part) == 0 for part in parts):
+        raise ValueError("no perception data to pre-train on (a game without frames?)")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    prompts = _task_prompts(processor, observation, data.images[0], data.game)
-    config.check_questions(data.game)
-    targets = _target_ids(tokenizer, data.scenes, data.game, config.physics_caption)
-    pixels = PixelPath(processor, data.images[:8])
-    tasks = list(prompts)  # "caption" first, then the questions
-    weights = np.array([config.question_weights.get(t, 1.0) for t in tasks[1:]])
-    task_p = [config.caption_fraction, *((1.0 - config.caption_fraction) * weights / weights.sum())]
-    pad = tokenizer.pad_token_id
+    config.check_questions([part.game for part in parts])
+    games = [_GameTasks(processor, observation, part, config) for part in parts]
+    # Sample k of the whole set is sample local[k] of part owner[k]; the parts are not copied into one
+    # array (30,000 observations are 1.5 GB).
+    owner = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
+    local = np.concatenate([np.arange(len(part)) for part in parts])
+
+    def batch_images(idx: np.ndarray) -> np.ndarray:
+        if len(parts) == 1:
+            return parts[0].images[idx]
+        return np.stack([parts[owner[k]].images[local[k]] for k in idx])
+
+    pixels = PixelPath(processor, np.concatenate([part.images[:8] for part in parts]))
+    pad = processor.tokenizer.pad_token_id
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -270,17 +313,14 @@ def pretrain_perception(
     bar = tqdm(range(config.steps), desc="perception pre-training", disable=not progress)
     for step in bar:
         while len(order) < config.batch_size:  # epochs run into each other: a permutation at a time
-            order = np.concatenate([order, rng.permutation(len(data))])
+            order = np.concatenate([order, rng.permutation(len(owner))])
         idx, order = order[: config.batch_size], order[config.batch_size :]
         seqs, prompt_lens = [], []
-        for i, task in zip(idx, rng.choice(len(tasks), size=len(idx), p=task_p), strict=True):
-            target = targets[tasks[task]][i]
-            prompt = prompts[tasks[task]]
-            if target is None:  # the question has no answer here (no ball): caption instead
-                target, prompt = targets["caption"][i], prompts["caption"]
-            seqs.append(prompt + target)
-            prompt_lens.append(len(prompt))
-        loss = _answer_loss(model, seqs, prompt_lens, pixels(data.images[idx]), pad)
+        for k, draw in zip(idx, rng.random(len(idx)), strict=True):
+            seq, prompt_len = games[owner[k]].sample(local[k], draw)
+            seqs.append(seq)
+            prompt_lens.append(prompt_len)
+        loss = _answer_loss(model, seqs, prompt_lens, pixels(batch_images(idx)), pad)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -9,6 +9,11 @@ By default the random-init model then gets a short perception pre-training
 whether it is above or below the paddle) from RAM-derived targets, and nothing about which
 action to take. A random-init model never learns to see from action labels alone (FACTS);
 one that sees learns to act from few corrections. ``--no-pretrain`` keeps the random init.
+
+``--games`` teaches it to see several games at once (e.g. Pong and Breakout): the tokenizer learns
+every game's prompts, action names and caption words, and the same pre-training budget is shared
+between the games' frames, each encoded as that game is played (its own playfield crop and
+background). The recorded observation (``crop: true``: each game's own crop) serves every game.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from vlmrl import cli
-from vlmrl.games import get_game
+from vlmrl.games import Game, get_game, registered_games
 from vlmrl.observation import TINY_CONFIG_FILE, ObservationConfig
 from vlmrl.perception import (
     PRETRAIN_SEED_BASE,
@@ -40,8 +46,9 @@ from vlmrl.probe import DEFAULT_PROBE_SEED
 from vlmrl.prompts import REFLECTION_KEYS, acting_messages, format_answer, reflection_messages
 
 DEFAULT_TINY_PATH = "data/models/tiny-smolvlm"
-# The game the tiny model is taught to see, and whose action names its tokenizer makes single tokens.
+# The game the tiny model is taught to see by default, and whose action names its tokenizer makes single tokens.
 GAME = get_game("ALE/Pong-v5")
+DEFAULT_GAMES: tuple[Game, ...] = (GAME,)
 
 SPECIAL_TOKENS = [
     "<|im_start|>",
@@ -94,33 +101,47 @@ class TinyModelConfig:
         return (self.image_size // self.patch_size) ** 2 // self.scale_factor**2
 
 
-def _tokenizer_corpus(extra_texts: list[str]) -> list[str]:
-    """Text the BPE is trained on: the prompts and answers the model will see, repeated."""
+def _tokenizer_corpus(extra_texts: list[str], games: Sequence[Game] = DEFAULT_GAMES) -> list[str]:
+    """Text the BPE is trained on: the prompts and answers the model will see, repeated (each game's)."""
     rng = random.Random(0)
     texts: list[str] = []
-    for encoding, n in (("rgb", 1), ("rgb", 2), ("motion", 1)):
-        for message in acting_messages(GAME, GAME.actions, n, encoding):
+    for game in games:
+        for encoding, n in (("rgb", 1), ("rgb", 2), ("motion", 1)):
+            for message in acting_messages(game, game.actions, n, encoding):
+                texts += [c["text"] for c in message["content"] if c["type"] == "text"]
+    for game in games:
+        for message in reflection_messages(
+            game, game.actions, action_taken="LEFT", reasoning="r", reward=-1.0, return_to_go=-0.5,
+            num_images_now=1, num_images_next=1,
+        ):
             texts += [c["text"] for c in message["content"] if c["type"] == "text"]
-    for message in reflection_messages(
-        GAME, GAME.actions, action_taken="LEFT", reasoning="r", reward=-1.0, return_to_go=-0.5,
-        num_images_now=1, num_images_next=1,
-    ):
-        texts += [c["text"] for c in message["content"] if c["type"] == "text"]
     words = ["ball", "paddle", "above", "below", "level", "moving", "up", "down", "toward", "away", "stay",
              "row", "column", "at", "is", "the", "my", "your", "so", "to", "meet", "it", "will", "reach",
              "predicted", "intercept", "out", "of", "play", "wait", "centre", "move", "and", "from", "with"]
-    for _ in range(300):
-        action = rng.choice(GAME.actions)
-        sentence = " ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 255)}."
-        texts.append(format_answer(action, sentence))
-        texts.append(json.dumps(dict(zip(REFLECTION_KEYS, [sentence, action, sentence], strict=True))))
+    for game in games:
+        for _ in range(300):
+            action = rng.choice(game.actions)
+            sentence = " ".join(rng.choice(words) for _ in range(12)) + f" {rng.randint(0, 255)}."
+            texts.append(format_answer(action, sentence))
+            texts.append(json.dumps(dict(zip(REFLECTION_KEYS, [sentence, action, sentence], strict=True))))
     texts += [" ".join(str(i) for i in range(256)), "System: User: Assistant:"]
-    texts += list(GAME.action_classes) * 50
+    for game in games:
+        texts += list(game.action_classes) * 50
     return texts * 20 + extra_texts
 
 
-def build_tokenizer(vocab_size: int, extra_texts: list[str] = (), extra_tokens: list[str] = ()):
-    """A byte-level BPE with SmolVLM's special tokens; every Pong action name is one token."""
+def tokenizer_inputs(games: Sequence[Game]) -> tuple[list[str], list[str]]:
+    """(extra texts, extra tokens) of a tokenizer for these games: their perception prompts and answers,
+    and their caption tokens (each once, in the games' order)."""
+    texts = [t for game in games for t in perception_texts(game)] * 20
+    tokens = list(dict.fromkeys(t for game in games for t in game.caption_vocabulary))
+    return texts, tokens
+
+
+def build_tokenizer(
+    vocab_size: int, extra_texts: list[str] = (), extra_tokens: list[str] = (), games: Sequence[Game] = DEFAULT_GAMES
+):
+    """A byte-level BPE with SmolVLM's special tokens; every action name of the games is one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -133,7 +154,7 @@ def build_tokenizer(vocab_size: int, extra_texts: list[str] = (), extra_tokens: 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_tokenizer_corpus(list(extra_texts)), trainer)
+    tok.train_from_iterator(_tokenizer_corpus(list(extra_texts), games), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -144,7 +165,7 @@ def build_tokenizer(vocab_size: int, extra_texts: list[str] = (), extra_tokens: 
         padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
-    for action in GAME.actions:
+    for action in dict.fromkeys(a for game in games for a in game.actions):
         ids = tokenizer(action, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:  # constrained decoding's single-forward fast path relies on it
             raise RuntimeError(f"tiny tokenizer splits {action!r} into {len(ids)} tokens")
@@ -226,24 +247,26 @@ def build_tiny_model(
     pretrain: PretrainConfig | None = None,
     probe_frames: int = 500,
     progress: bool = False,
+    games: Sequence[Game] = DEFAULT_GAMES,
 ) -> Path:
     """Builds and saves the tiny model, tokenizer and processor; returns the path.
 
-    With ``pretrain`` the random-init model is first taught to see Pong (perception
-    pre-training, RAM targets, no action labels) and probed on held-out frames; without it
-    the model stays random (fast, for tests). The build goes to a sibling folder first and
-    is moved into place at the end: an interrupted build never looks finished.
+    With ``pretrain`` the random-init model is first taught to see the games (Pong by default;
+    perception pre-training, RAM targets, no action labels) and probed on held-out frames of each;
+    without it the model stays random (fast, for tests). The build goes to a sibling folder first
+    and is moved into place at the end: an interrupted build never looks finished.
     """
     config = config or TinyModelConfig()
+    games = tuple(games)
     output_dir = Path(output_dir)
     observation = observation_config(config)
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
-    tokenizer = build_tokenizer(config.vocab_size, perception_texts(GAME) * 20, list(GAME.caption_vocabulary))
+    tokenizer = build_tokenizer(config.vocab_size, *tokenizer_inputs(games), games=games)
     processor = build_processor(config, tokenizer)
     model = build_model(config, tokenizer)
-    report: dict = {}
+    report: dict = {} if _is_default(games) else {"games": [g.id for g in games]}
     if pretrain is not None:
-        report = _pretrain_and_probe(model, processor, observation, pretrain, probe_frames, progress)
+        report.update(_pretrain_and_probe(model, processor, observation, pretrain, probe_frames, progress, games))
     report["build_seconds"] = round(time.perf_counter() - start, 1)
     # CPU time beside wall time: on a shared machine the wall time says more about the neighbours.
     report["build_cpu_seconds"] = round(time.process_time() - cpu_start, 1)
@@ -257,14 +280,18 @@ def build_tiny_model(
     staging.mkdir(parents=True)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
-    recipe = _recipe(config, observation, pretrain)
+    recipe = _recipe(config, observation, pretrain, games)
     (staging / TINY_CONFIG_FILE).write_text(json.dumps({**recipe, "report": report}, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     from vlmrl.cards import observation_section
 
-    body = card_text + _card_body(recipe, report) + "\n" + observation_section(observation, GAME.id,
-                                                                                model_path=str(output_dir))
-    write_model_card(staging, config, body, n_params)
+    body = card_text + _card_body(recipe, report, games) + "\n" + observation_section(
+        observation, games[0].id, model_path=str(output_dir))
+    if len(games) > 1:
+        body += (f"\nThe same observation serves {_names(games[1:])}: `crop: true` is each game's own playfield crop "
+                 f"(rows {', '.join(f'{g.name} {g.crop_rows()[0]}-{g.crop_rows()[1] - 1}' for g in games)}), "
+                 "and the motion image subtracts each game's own background; pass `game=` of the game played.\n")
+    write_model_card(staging, config, body, n_params, games)
     shutil.rmtree(output_dir, ignore_errors=True)
     staging.rename(output_dir)
     return output_dir
@@ -286,23 +313,45 @@ def _weights_text(weights: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in weights.items())
 
 
-def _recipe(config: TinyModelConfig, observation: ObservationConfig, pretrain: PretrainConfig | None) -> dict:
+def _is_default(games: Sequence[Game]) -> bool:
+    return [g.id for g in games] == [g.id for g in DEFAULT_GAMES]
+
+
+def _names(games: Sequence[Game]) -> str:
+    return " and ".join(g.name for g in games)
+
+
+def _recipe(
+    config: TinyModelConfig,
+    observation: ObservationConfig,
+    pretrain: PretrainConfig | None,
+    games: Sequence[Game] = DEFAULT_GAMES,
+) -> dict:
     """Everything that decides the weights: a build with the same recipe is the same model.
 
     Beside the shapes and the pre-training settings: a digest of the text the tokenizer is trained
-    on (the prompts' wording) and the player of the pre-training's varied play (the game's oracle)."""
-    return {
+    on (the prompts' wording) and the player of the pre-training's varied play (the game's oracle).
+    A build for other games than the default (Pong) records them, and an oracle per game; the
+    default's recipe has no "games" key, so Pong builds recorded before the option still count."""
+    recipe = {
         **asdict(config),
         "observation": asdict(observation),
         "pretrain": _pretrain_recipe(pretrain),
-        "tokenizer_text_sha256": _text_digest(),
-        "varied_play": repr(GAME.oracle()) if pretrain is not None else None,
+        "tokenizer_text_sha256": _text_digest(tuple(g.id for g in games)),
+        "varied_play": None,
     }
+    if _is_default(games):
+        recipe["varied_play"] = repr(GAME.oracle()) if pretrain is not None else None
+        return recipe
+    if pretrain is not None:
+        recipe["varied_play"] = [repr(g.oracle()) for g in games]
+    return {**recipe, "games": [g.id for g in games]}
 
 
-@lru_cache(maxsize=1)
-def _text_digest() -> str:
-    corpus = "\n".join(_tokenizer_corpus(perception_texts(GAME)))
+@lru_cache(maxsize=4)
+def _text_digest(game_ids: tuple[str, ...]) -> str:
+    games = [get_game(g) for g in game_ids]
+    corpus = "\n".join(_tokenizer_corpus([t for g in games for t in perception_texts(g)], games))
     return hashlib.sha256(corpus.encode()).hexdigest()[:16]
 
 
@@ -325,23 +374,48 @@ def built_recipe(output_dir: str | Path) -> dict | None:
     return recorded
 
 
-def _pretrain_and_probe(model, processor, observation, pretrain: PretrainConfig, probe_frames: int, progress: bool):
+def frames_per_game(total: int, games: int) -> list[int]:
+    """The pre-training's frames shared between the games: as even as it goes, the first games first."""
+    return [total // games + (i < total % games) for i in range(games)]
+
+
+def _pretrain_and_probe(
+    model, processor, observation, pretrain: PretrainConfig, probe_frames: int, progress: bool,
+    games: Sequence[Game] = DEFAULT_GAMES,
+) -> dict:
+    """Probes the random init, pre-trains on every game's frames at once, probes again: the report.
+
+    The default (Pong) build's probe is ``{"random_init", "pretrained"}``; a build for other games
+    has one such probe per game, ``{game id: {...}}``."""
     from vlmrl.probe import collect_probe_frames, probe_model
 
-    report: dict = {"probe": {}}
-    probe_samples = []
+    probes: dict[str, dict] = {g.id: {} for g in games}
+    probe_samples = {}
     if probe_frames > 0:
-        probe_samples = collect_probe_frames(GAME, probe_frames, DEFAULT_PROBE_SEED, history=observation.frames)
-        report["probe"]["random_init"] = probe_model(model, processor, probe_samples, observation, game=GAME)
+        for game in games:
+            probe_samples[game.id] = collect_probe_frames(game, probe_frames, DEFAULT_PROBE_SEED,
+                                                          history=observation.frames)
+            probes[game.id]["random_init"] = probe_model(model, processor, probe_samples[game.id], observation,
+                                                         game=game)
     t = time.perf_counter()
-    data = collect_perception_data(
-        pretrain.frames, observation, game=GAME, seed=PRETRAIN_SEED_BASE + 10_000 * pretrain.seed, progress=progress
-    )
+    data = [
+        collect_perception_data(n, observation, game=game, seed=PRETRAIN_SEED_BASE + 10_000 * pretrain.seed,
+                                progress=progress)
+        for game, n in zip(games, frames_per_game(pretrain.frames, len(games)), strict=True)
+    ]
+    report: dict = {"probe": probes[GAME.id] if _is_default(games) else probes}
     report["data_seconds"] = round(time.perf_counter() - t, 1)
-    result = pretrain_perception(model, processor, data, observation, pretrain, progress=progress)
+    if not _is_default(games):
+        report["frames_by_game"] = {d.game.id: len(d) for d in data}
+    result = pretrain_perception(model, processor, data[0] if len(data) == 1 else data, observation, pretrain,
+                                 progress=progress)
     report["pretrain"] = result.summary()
-    if probe_samples:
-        report["probe"]["pretrained"] = probe_model(model, processor, probe_samples, observation, game=GAME)
+    for game in games:
+        if probe_samples:
+            probes[game.id]["pretrained"] = probe_model(model, processor, probe_samples[game.id], observation,
+                                                        game=game)
+    if not probe_samples:
+        report["probe"] = {}
     return report
 
 
@@ -356,21 +430,30 @@ def weights_checksum(model) -> str:
     return digest.hexdigest()
 
 
-def _card_body(recipe: dict, report: dict) -> str:
+def _card_body(recipe: dict, report: dict, games: Sequence[Game] = DEFAULT_GAMES) -> str:
     from vlmrl.probe import format_probe_table
 
     pretrain = recipe["pretrain"]
     checksum = f"Weights SHA-256 `{report.get('weights_sha256')}` (CPU kernels: {report.get('cpu_capability')}).\n"
     if pretrain is None:
         return "## Weights\n\nRandom initialisation (seed {seed}): it has seen nothing.\n".format(**recipe) + checksum
+    if len(games) == 1:
+        caption = ("a 6-token caption (ball above/below the paddle, ball row, column, paddle row in 16 buckets or "
+                   "`<noball>`, vertical and horizontal direction; above/below and the directions are the probe's "
+                   "answer words)")
+        frames = f"{pretrain['frames']:,} observations of varied play ("
+    else:
+        caption = ("a 6-token caption in the game's own words (where the ball is beside the paddle: Pong above/below, "
+                   "Breakout left/right; ball row, column, the paddle's place in 16 buckets or `<noball>`, vertical "
+                   "and horizontal direction)")
+        shares = ", ".join(f"{n:,} of {get_game(g).name}" for g, n in report.get("frames_by_game", {}).items())
+        frames = f"{pretrain['frames']:,} observations of varied play ({shares}, shuffled together; "
     body = [
         "## Perception pre-training\n",
-        f"Taught to see Pong, not to play it: {pretrain['frames']:,} observations of varied play "
-        "(the RAM oracle with a random action at rate 0.5, or random play), encoded as the agent encodes "
+        f"Taught to see {_names(games)}, not to play {'it' if len(games) == 1 else 'them'}: {frames}"
+        "the RAM oracle with a random action at rate 0.5, or random play), encoded as the agent encodes "
         f"them ({recipe['observation']}), episode seeds from {PRETRAIN_SEED_BASE + 10_000 * pretrain['seed']:,}. "
-        "Targets come from the RAM only: a 6-token caption (ball above/below the paddle, ball row, column, "
-        "paddle row in 16 buckets or `<noball>`, vertical and horizontal direction; above/below and the "
-        "directions are the probe's answer words) or one of the probe's "
+        f"Targets come from the RAM only: {caption} or one of the probe's "
         f"questions ({1 - pretrain['caption_fraction']:.0%} of samples), loss on every answer token. "
         "No action labels, no action names.\n",
         "| setting | value |\n|---|---|",
@@ -385,22 +468,30 @@ def _card_body(recipe: dict, report: dict) -> str:
         "",
         checksum,
     ]
-    if report.get("probe"):
+    probes = report.get("probe")
+    if probes and len(games) == 1:
+        probes = {games[0].id: probes}
+    for game_id, probe in (probes or {}).items():
+        where = "" if len(games) == 1 else f"{get_game(game_id).name}, "
         body += [
-            f"## Vision probe (held-out seeds from {DEFAULT_PROBE_SEED}, accuracy beside chance)\n",
-            format_probe_table(report["probe"]),
+            f"## Vision probe ({where}held-out seeds from {DEFAULT_PROBE_SEED}, accuracy beside chance)\n",
+            format_probe_table(probe),
             "",
         ]
     return "\n".join(body)
 
 
-def write_model_card(output_dir: Path, config: TinyModelConfig, body: str = "", n_params: int | None = None) -> None:
+def write_model_card(
+    output_dir: Path, config: TinyModelConfig, body: str = "", n_params: int | None = None,
+    games: Sequence[Game] = DEFAULT_GAMES,
+) -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
     if n_params is None:
         n_params = sum(p.numel() for p in _load_for_count(output_dir).parameters())
     data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-text-to-text", tags=["vlmrl", "atari", "pong"]
+        library_name="transformers", pipeline_tag="image-text-to-text",
+        tags=["vlmrl", "atari", *(g.name.lower() for g in games)],
     )
     shapes = "\n".join(f"- {k}: {v}" for k, v in asdict(config).items())
     text = (
@@ -417,12 +508,39 @@ def _load_for_count(path: Path):
     return AutoModelForImageTextToText.from_pretrained(path)
 
 
+def parse_games(text: str) -> tuple[Game, ...]:
+    """``--games``: comma-separated ids ("ALE/Pong-v5") or names ("pong") of games the model can be taught to
+    see (a registered game with an oracle for varied play and perception targets); a ValueError names them."""
+    seeable = [g for g in registered_games() if g.has_oracle and g.questions and g.caption_prompt]
+    known = {g.name.lower(): g for g in seeable}
+    names = ", ".join(f"{g.default_id} ({g.name.lower()})" for g in seeable)
+    games = []
+    for item in (t.strip() for t in text.split(",")):
+        game = known.get(item.lower()) if item else None
+        if game is None and item:
+            resolved = get_game(item)
+            game = resolved if resolved.name.lower() in known else None
+        if game is None:
+            raise ValueError(f"--games: unknown game {item!r}; the tiny model can be taught to see: {names}")
+        if any(g.name == game.name for g in games):
+            raise ValueError(f"--games: {game.name} is named twice")
+        games.append(game)
+    return tuple(games)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(
         description="Build the tiny SmolVLM-architecture model of the tiny recipe: random init, then a short "
-        "perception pre-training on Pong frames (RAM targets, no action labels) so it can see but not play."
+        "perception pre-training on Pong frames (or those of --games; RAM targets, no action labels) so it can "
+        "see but not play."
     )
     parser.add_argument("--output-dir", default=DEFAULT_TINY_PATH, help="where to save it (default %(default)s)")
+    parser.add_argument(
+        "--games", default=GAME.id,
+        help="comma-separated games it is taught to see, e.g. ALE/Pong-v5,ALE/Breakout-v5 or pong,breakout: the "
+        "tokenizer learns each one's prompts, actions and captions, and the pre-training's frames are shared "
+        "between them, the same budget in all (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the data and the training")
     parser.add_argument(
         "--image-size", type=int, default=TinyModelConfig.image_size,
@@ -468,6 +586,12 @@ def main(argv: list[str] | None = None) -> None:
         "for a seed whatever the core count, and is robust on a shared CPU, where two threads ran ~10x slower",
     )
     args = parser.parse_args(argv)
+    try:
+        games = parse_games(args.games)
+    except ValueError as err:
+        parser.error(str(err))
+    if not args.no_pretrain and args.pretrain_frames < len(games):
+        parser.error(f"--pretrain-frames must give each of the {len(games)} games a frame, got {args.pretrain_frames}")
     if args.image_size < 32 or args.image_size % 32:
         parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale 2), got {args.image_size}")
     for name, heads in (("text_hidden", shape.text_heads), ("vision_hidden", shape.vision_heads)):
@@ -484,14 +608,19 @@ def main(argv: list[str] | None = None) -> None:
     pretrain = None
     if not args.no_pretrain:
         try:
-            weights = defaults.question_weights if args.question_weights is None else _weights(args.question_weights)
-            pretrain = PretrainConfig(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
-                                      physics_caption=args.physics_caption, question_weights=weights)
-            pretrain.check_questions(GAME)
+            if args.physics_caption and any(g.name != GAME.name for g in games):
+                raise ValueError("--physics-caption is Pong's alone: leave the other games out of --games")
+            settings = dict(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
+                            physics_caption=args.physics_caption)
+            if args.question_weights is not None:
+                settings["question_weights"] = _weights(args.question_weights)
+            # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
+            pretrain = PretrainConfig(**settings) if _is_default(games) else PretrainConfig.for_games(games, **settings)
+            pretrain.check_questions(games)
         except ValueError as err:
             parser.error(str(err))
     out = Path(args.output_dir)
-    wanted = _recipe(config, observation_config(config), pretrain)
+    wanted = _recipe(config, observation_config(config), pretrain, games)
     existing = built_recipe(out)
     if existing == wanted and not args.force:
         print(f"tiny model already built at {out} with this recipe (use --force to rebuild)")
@@ -502,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:  # for this build only: main() is also called in-process (tests)
         torch.set_num_threads(args.threads)
     try:
-        build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True)
+        build_tiny_model(out, config, pretrain=pretrain, probe_frames=args.probe_frames, progress=True, games=games)
     finally:
         torch.set_num_threads(threads)
     report = json.loads((out / TINY_CONFIG_FILE).read_text())["report"]

@@ -89,6 +89,9 @@ class Game:
     phases: tuple[str, ...] = ()
     #: The probe's questions about an observation and the pre-training's caption prompt (perception).
     questions: tuple[Question, ...] = ()
+    #: The question the agent needs most (Pong: is the ball above or below your paddle), weighed double in
+    #: a pre-training that names no weights of its own; None: all weigh the same.
+    key_question: str | None = None
     caption_prompt: str | None = None
     #: The caption read back slot by slot (``vlmrl.grounding.read_captions``): (slot name, its pieces).
     caption_slots: tuple[tuple[str, tuple[str, ...]], ...] = ()

@@ -501,6 +501,7 @@ class Pong(Game):
     return_thresholds = (-15.0, -10.0, 0.0)
     phases = BALL_PHASES
     questions = QUESTIONS
+    key_question = "above_below"
     caption_prompt = CAPTION_PROMPT
     caption_slots = CAPTION_SLOTS
     caption_vocabulary = tuple(CAPTION_TOKENS)
