@@ -193,3 +193,39 @@ def test_thresholds_default_to_the_games_own_milestones(tmp_path, monkeypatch):
     assert steps == {"5": 5000, "10": 10000, "30.5": NOT_REACHED}
     # Given explicitly, they win.
     assert compare([exp], None, tmp_path / "out2", thresholds=[1.0])["thresholds"] == [1.0]
+
+
+def test_runs_with_another_reflector_are_another_method_not_another_seed(tmp_path):
+    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
+    same = {"collect.seed": 1000, "collect.teacher_mix": 0.0}
+    reflectors = {"oracle": {"reflect.reflector": "oracle"}, "grounded": {"reflect.reflector": "grounded"},
+                  "imitation": {"reflect.reflector": "self-imitation", "reflect.advantage": True}}
+    runs = []
+    for name, reflect in reflectors.items():
+        folder = _experiment(tmp_path, name, points)
+        summary = json.loads((folder / "experiment_summary.json").read_text())
+        summary.update(seed=0, settings={**same, **reflect})
+        (folder / "experiment_summary.json").write_text(json.dumps(summary))
+        runs.append(folder)
+    report = compare(runs, None, tmp_path / "out")  # the same seed thrice, but three methods: not refused
+    assert set(report["methods"]) == {"vlmrl (tiny/pong, oracle)", "vlmrl (tiny/pong, grounded)",
+                                      "vlmrl (tiny/pong, self-imitation --advantage)"}
+    assert all(m["n_seeds"] == 1 for m in report["methods"].values())
+
+
+def test_an_experiments_settings_record_who_reflected(tmp_path):
+    from vlmrl.data import meta_path
+    from vlmrl.report import run_settings
+
+    exp = tmp_path / "e"
+    for part, name, record in (("episodes", "summary.json", {"settings": {"seed": 1000, "output_dir": "x"}}),
+                               ("reflections", "reflection.json",
+                                {"reflector": "grounded", "episodes": "x", "model": "m", "reflection_rate": 0.2}),
+                               ("checkpoint", "vlmrl_train.json", {"seed": 0})):
+        path = meta_path(exp / "iteration_1" / part, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    settings = run_settings(exp)["settings"]
+    assert settings["reflect.reflector"] == "grounded" and settings["reflect.reflection_rate"] == 0.2
+    assert "reflect.episodes" not in settings and "reflect.model" not in settings
+    assert "collect.output_dir" not in settings and settings["train.seed"] == 0

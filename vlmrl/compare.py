@@ -80,7 +80,8 @@ def load_experiment(experiment_dir: str | Path) -> Run:
     if not isinstance(iterations, list) or not iterations:
         raise ValueError(f"{path}: 'iterations' must be a non-empty list (entry 0 is the base model's eval)")
     ordered = sorted(enumerate(iterations), key=lambda pair: pair[1].get("iteration", pair[0]))
-    run = Run(method=_method_name(summary["recipe"]), seed=str(summary["experiment"]), settings=summary.get("settings"))
+    run = Run(method=_method_name(summary["recipe"], summary.get("settings")), seed=str(summary["experiment"]),
+              settings=summary.get("settings"))
     for position, (index, entry) in enumerate(ordered):
         iteration = entry.get("iteration", index)
         if "eval" not in entry:
@@ -111,17 +112,23 @@ def refuse_identical_seeds(runs: Sequence[Run]) -> None:
         seen[key] = run.seed
 
 
-def _method_name(recipe: Any) -> str:
-    """A short label for a recipe: 'vlmrl' plus the recipe's name where it has one."""
+def _method_name(recipe: Any, settings: dict | None = None) -> str:
+    """A short label for a method: 'vlmrl' plus the recipe's name where it has one, plus who reflected
+    when the run recorded it (``reflect.reflector``, with self-imitation's ``advantage``): runs of one recipe
+    with another reflector are another method, not more seeds."""
     if isinstance(recipe, dict):
         recipe = recipe.get("name") or recipe.get("path") or ""
     recipe = str(recipe).strip()
-    if not recipe:
-        return "vlmrl"
     # recipes/<model>/<game>/... -> <model>/<game>: the part that tells recipes apart.
     parts = [p for p in Path(recipe).parts if p not in ("recipes", ".")]
     parts = [p for p in parts if not p.endswith((".yaml", ".yml"))]
-    return f"vlmrl ({'/'.join(parts) or recipe})"
+    label = "/".join(parts) or recipe
+    reflector = (settings or {}).get("reflect.reflector")
+    if reflector:
+        label = f"{label}, {reflector}".lstrip(", ")
+        if (settings or {}).get("reflect.advantage"):
+            label += " --advantage"
+    return f"vlmrl ({label})" if label else "vlmrl"
 
 
 def load_baselines(baselines_dir: str | Path, game: str | None) -> list[Run]:

@@ -66,6 +66,9 @@ def run_settings(exp_dir: Path) -> dict:
     if not collect:
         return {}
     settings = {f"collect.{k}": v for k, v in collect.items() if k not in _WHERE}
+    # Who reflected and how: two runs that differ only there are two methods, not one run twice.
+    reflect = _read(meta_path(iteration_dir(exp_dir, 1) / "reflections", "reflection.json")) or {}
+    settings.update({f"reflect.{k}": v for k, v in reflect.items() if k not in (*_WHERE, "episodes", "model")})
     train = _read(meta_path(iteration_dir(exp_dir, 1) / "checkpoint", "vlmrl_train.json")) or {}
     settings.update({f"train.{k}": v for k, v in train.items() if k not in ("reflections", "output_dir")})
     return {"seed": int(collect["seed"]) // 100_000, "settings": settings}
