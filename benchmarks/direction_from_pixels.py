@@ -1,0 +1,123 @@
+"""Do the model's pixels show which way the ball moves? One JSON object on stdout.
+
+    python benchmarks/direction_from_pixels.py --model data/models/tiny-smolvlm
+
+The tiny model answers "is the ball moving up or down?" right 0.99 of the time after its pre-training,
+but "toward you or away?" only 0.73 (always "toward": 0.69). This asks whether the observation holds the
+answer at all: a small CNN, trained from scratch on the same motion images the model sees (its recorded
+observation: crop, encoding, size, resampling), predicts each direction from pixels alone. Frames come from
+``--data-dir``'s recorded episodes (``benchmarks/supervised_ceiling.py`` collects them), training and test
+states from different episodes; labels from the RAM (``Pong.scene``, the probe's own answer key).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from vlmrl.cli import ArgumentParser, run
+from vlmrl.games import get_game
+from vlmrl.observation import ObservationConfig, encode_batch, recorded_observation
+
+GAME = get_game("ALE/Pong-v5")
+QUESTIONS = {"vertical": ("up", "down"), "horizontal": ("toward", "away")}
+
+
+def images_and_labels(episodes: Path, observation: ObservationConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every step with a previous step: its observation (N, 3, size, size) uint8 and each question's label
+    index (-1 where the answer key has none)."""
+    from datasets import load_dataset
+
+    ds = load_dataset(str(episodes), split="train")
+    ids, steps = np.asarray(ds["episode_id"]), np.asarray(ds["step"])
+    row = {(int(e), int(s)): r for r, (e, s) in enumerate(zip(ids, steps, strict=True))}
+    pairs = [(row[(int(e), int(s) - 1)], r) for r, (e, s) in enumerate(zip(ids, steps, strict=True))
+             if (int(e), int(s) - 1) in row]
+    frames = {}
+
+    def frame(r: int) -> np.ndarray:
+        if r not in frames:
+            frames[r] = np.asarray(ds[r]["frame"].convert("RGB"))
+        return frames[r]
+
+    rams = np.asarray(ds["ram"], np.uint8)
+    images, labels = [], {q: [] for q in QUESTIONS}
+    for start in range(0, len(pairs), 256):
+        chunk = pairs[start:start + 256]
+        images.append(encode_batch([[frame(p), frame(r)] for p, r in chunk], observation, GAME,
+                                   channels_first=True)[:, -1])
+        for p, r in chunk:
+            scene = GAME.scene(rams[r], rams[p], frame(r))
+            for q, options in QUESTIONS.items():
+                answer = getattr(scene, q)
+                labels[q].append(options.index(answer) if answer in options else -1)
+        frames = {k: v for k, v in frames.items() if k >= chunk[-1][1] - 1}
+    return np.concatenate(images), {q: np.asarray(v) for q, v in labels.items()}
+
+
+def cnn() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),  # keeps 1-pixel detail
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(32, 2))
+
+
+def fit_and_score(train_x, train_y, test_x, test_y, epochs: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    keep, keep_test = train_y >= 0, test_y >= 0
+    x, y = torch.from_numpy(train_x[keep]), torch.from_numpy(train_y[keep])
+    net = cnn()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(64):
+            loss = torch.nn.functional.cross_entropy(net(x[idx].float() / 255), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        tx = torch.from_numpy(test_x[keep_test])
+        pred = torch.cat([net(b.float() / 255).argmax(-1) for b in tx.split(256)]).numpy()
+    truth = test_y[keep_test]
+    return {"accuracy": round(float(np.mean(pred == truth)), 4),
+            "majority": round(float(max(np.mean(truth == 0), np.mean(truth == 1))), 4),
+            "train_states": int(keep.sum()), "test_states": int(keep_test.sum())}
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="data/models/tiny-smolvlm", help="whose recorded observation to use")
+    parser.add_argument("--data-dir", default="data/ceiling/tiny-smolvlm",
+                        help="recorded episodes: <dir>/train-<n>/episodes and <dir>/test-<n>/episodes")
+    parser.add_argument("--train-episodes", type=int, default=24)
+    parser.add_argument("--test-episodes", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=3, help="passes of the CNN over the training states")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    parts = {name: Path(args.data_dir) / f"{name}-{n}" / "episodes"
+             for name, n in (("train", args.train_episodes), ("test", args.test_episodes))}
+    for path in parts.values():
+        if not (path / ".vlmrl" / "summary.json").exists():
+            parser.error(f"{path} holds no recorded episodes: run benchmarks/supervised_ceiling.py first")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    observation = ObservationConfig(**recorded_observation(args.model))
+    (train_x, train_y), (test_x, test_y) = (images_and_labels(p, observation) for p in parts.values())
+    print(f"{len(train_x)} training and {len(test_x)} test images in {time.perf_counter() - start:.0f} s",
+          file=sys.stderr, flush=True)
+    report = {"model": args.model, "observation": observation.__dict__, "epochs": args.epochs}
+    for q in QUESTIONS:
+        report[q] = fit_and_score(train_x, train_y[q], test_x, test_y[q], args.epochs, args.seed)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    run(main)
