@@ -134,12 +134,16 @@ def test_cli_shape_flags_reach_the_config_and_bad_shapes_exit_2(tmp_path, monkey
 
     monkeypatch.setattr(tiny_model, "build_tiny_model", fake_build)
     main(["--output-dir", str(tmp_path / "m"), "--no-pretrain", "--threads", "0",
-          "--text-hidden", "256", "--text-layers", "4", "--vision-hidden", "128", "--vision-layers", "3"])
+          "--text-hidden", "256", "--text-layers", "4", "--vision-hidden", "128", "--vision-layers", "3",
+          "--patch-size", "8"])
     assert (seen[0].text_hidden, seen[0].text_layers, seen[0].vision_hidden, seen[0].vision_layers) == (256, 4, 128, 3)
-    for flag, value in (("--text-hidden", "130"), ("--vision-hidden", "0"), ("--text-layers", "0")):
+    assert seen[0].patch_size == 8 and seen[0].image_seq_len == 64  # (128 / 8)^2 patches, 2x2 into one token
+    for flag, value, said in (("--text-hidden", "130", "--text-hidden"), ("--vision-hidden", "0", "--vision-hidden"),
+                              ("--text-layers", "0", "--text-layers"), ("--patch-size", "0", "--patch-size"),
+                              ("--patch-size", "12", "multiple of 24 (patch 12")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--output-dir", str(tmp_path / "x"), flag, value])
-        assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+        assert exit_info.value.code == 2 and said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

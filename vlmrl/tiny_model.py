@@ -553,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
         ("--text-layers", shape.text_layers, "layers of the language model"),
         ("--vision-hidden", shape.vision_hidden, "width of the vision encoder"),
         ("--vision-layers", shape.vision_layers, "layers of the vision encoder"),
+        ("--patch-size", shape.patch_size, "side of the vision encoder's patches in pixels (the image side must be a "
+         "multiple of twice it; 8 gives four times the image tokens)"),
     ):
         parser.add_argument(flag, type=int, default=default, help=f"{what} (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if this recipe is already built there")
@@ -592,8 +594,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     if not args.no_pretrain and args.pretrain_frames < len(games):
         parser.error(f"--pretrain-frames must give each of the {len(games)} games a frame, got {args.pretrain_frames}")
-    if args.image_size < 32 or args.image_size % 32:
-        parser.error(f"--image-size must be a positive multiple of 32 (patch 16, scale 2), got {args.image_size}")
+    if args.patch_size < 1:
+        parser.error(f"--patch-size must be at least 1, got {args.patch_size}")
+    tile = args.patch_size * shape.scale_factor
+    if args.image_size < tile or args.image_size % tile:
+        parser.error(f"--image-size must be a positive multiple of {tile} (patch {args.patch_size}, scale "
+                     f"{shape.scale_factor}), got {args.image_size}")
     for name, heads in (("text_hidden", shape.text_heads), ("vision_hidden", shape.vision_heads)):
         value = getattr(args, name)
         if value < heads or value % heads:
@@ -604,7 +610,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     config = TinyModelConfig(seed=args.seed, image_size=args.image_size, text_hidden=args.text_hidden,
                              text_layers=args.text_layers, vision_hidden=args.vision_hidden,
-                             vision_layers=args.vision_layers)
+                             vision_layers=args.vision_layers, patch_size=args.patch_size)
     pretrain = None
     if not args.no_pretrain:
         try:
