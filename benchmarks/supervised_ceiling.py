@@ -199,7 +199,7 @@ def model_predictions(checkpoint: str, test_dir: Path, limit: int | None = None)
 
 
 def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float, batch_size: int = 32,
-                balance: bool = True) -> dict:
+                balance: bool = True, lora: bool = False) -> dict:
     from trl import ModelConfig, SFTConfig
 
     from vlmrl.cli import parse
@@ -209,7 +209,8 @@ def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float, b
         "--model_name_or_path", base, "--reflections", str(reflections), "--output_dir", str(out),
         "--num_train_epochs", "1", "--per_device_train_batch_size", str(batch_size), "--learning_rate", str(lr),
         "--lr_scheduler_type", "constant", "--balance_actions", str(balance).lower(), "--report_to", "none",
-        "--save_strategy", "no", "--seed", str(seed), "--logging_steps", "50"], defaults=cpu_defaults())
+        "--save_strategy", "no", "--seed", str(seed), "--logging_steps", "50",
+        *(["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"] if lora else [])], defaults=cpu_defaults())
     return train(script, training, model_args)
 
 
@@ -225,6 +226,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="the model's training batch")
     parser.add_argument("--no-balance", action="store_true",
                         help="train on the labels as they come (default: class-balanced, as the loop trains)")
+    parser.add_argument("--lora", action="store_true",
+                        help="fine-tune LoRA adapters (r 16, alpha 32, train.py's targets; merged after each pass) "
+                        "instead of every weight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
     parser.add_argument("--skip-ram", action="store_true", help="only the model (no RAM ceilings)")
@@ -246,7 +250,7 @@ def main() -> None:
         if not (part / "episodes" / ".vlmrl" / "summary.json").exists():
             collect_states(collector, part, episodes, seed)
         parts[name] = part
-    report: dict = {"model": args.model, "lr": args.lr, "batch_size": args.batch_size,
+    report: dict = {"model": args.model, "lr": args.lr, "batch_size": args.batch_size, "lora": args.lora,
                     "balanced": not args.no_balance, "collect_model": collector,
                     "teacher": args.teacher or "the game's oracle", "data_s": round(time.perf_counter() - start, 1),
                     "load_average_1m": os.getloadavg()[0]}
@@ -264,12 +268,13 @@ def main() -> None:
         report["model_epochs"] = []
         current = args.model
         for epoch in range(1, args.epochs + 1):
-            variant = f"seed{args.seed}-lr{args.lr:g}-b{args.batch_size}{'-unbalanced' if args.no_balance else ''}"
+            variant = (f"seed{args.seed}-lr{args.lr:g}-b{args.batch_size}{'-unbalanced' if args.no_balance else ''}"
+                       f"{'-lora' if args.lora else ''}")
             out = cache / f"ft-{model_key(args.model)}-{variant}{suffix}" / f"epoch_{epoch}"
             t = time.perf_counter()
             if not (out / "train_metrics.json").exists():
                 metrics = train_epoch(current, label_states(parts["train"], args.model, suffix), out, args.seed,
-                                      args.lr, args.batch_size, not args.no_balance)
+                                      args.lr, args.batch_size, not args.no_balance, args.lora)
             else:
                 metrics = json.loads((out / "train_metrics.json").read_text())
             entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],
