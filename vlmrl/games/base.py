@@ -37,6 +37,26 @@ class Oracle(Protocol):
 
 RAM_SIZE = 128  # every Atari 2600 game's RAM
 
+# The perception caption's vocabulary, one for every game: row and column buckets of the ball and the
+# paddle, no ball, no direction. A model taught several games learns no more new tokens than one taught
+# one game; what a bucket means is said by the image and the game's caption prompt.
+BUCKETS = 16  # rows and columns of the caption (~10 pixels each on a 160-pixel playfield)
+NO_BALL = "<noball>"
+# Tokens added to the tokenizer for the caption; its other pieces are the probe's answer words.
+CAPTION_TOKENS: list[str] = [
+    NO_BALL,
+    *[f"<y{i}>" for i in range(BUCKETS)],
+    *[f"<x{i}>" for i in range(BUCKETS)],
+    *[f"<p{i}>" for i in range(BUCKETS)],
+    "<vnone>",
+    "<hnone>",
+]
+
+
+def caption_bucket(value: int, size: int) -> int:
+    """The caption bucket (0..BUCKETS-1) of a position ``value`` along ``size`` pixels, held at the edges."""
+    return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
+
 
 def check_ram(ram: RAM, game: str) -> None:
     """A clear error for something that is not a 128-byte console RAM."""

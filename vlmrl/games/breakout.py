@@ -47,7 +47,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from vlmrl.games import register_game
-from vlmrl.games.base import RAM, RAM_SIZE, Game, OracleDecision, Question, check_ram, decide_batch
+from vlmrl.games.base import (
+    BUCKETS,
+    CAPTION_TOKENS,
+    NO_BALL,
+    RAM,
+    RAM_SIZE,
+    Game,
+    OracleDecision,
+    Question,
+    caption_bucket,
+    check_ram,
+    decide_batch,
+)
 from vlmrl.prompts import option_text
 
 GAME_ID = "ALE/Breakout-v5"
@@ -269,7 +281,6 @@ PLAYFIELD_WIDTH = 160
 _BALL_ROW_OFFSET = PLAYFIELD_ROWS[0] - 9 - 2  # 21
 _BALL_COL_OFFSET = 48
 _PADDLE_COL_OFFSET = 40  # its middle is column ram - 39.5
-BUCKETS = 16  # rows and columns of the caption: ~10 pixels each
 
 
 @dataclass(frozen=True)
@@ -315,18 +326,8 @@ def scene_from_ram(ram: RAM, prev_ram: RAM | None = None) -> BreakoutScene:
     )
 
 
-# The caption's tokens are Pong's, deliberately: the same strings (ball row and column buckets, the
-# paddle's place along its track, no ball, no direction), so a model taught both games learns no
-# more new tokens than one taught Pong. What they mean is said by the image and the caption prompt.
-NO_BALL = "<noball>"
-CAPTION_TOKENS: list[str] = [
-    NO_BALL,
-    *[f"<y{i}>" for i in range(BUCKETS)],
-    *[f"<x{i}>" for i in range(BUCKETS)],
-    *[f"<p{i}>" for i in range(BUCKETS)],
-    "<vnone>",
-    "<hnone>",
-]
+# The caption's tokens are every game's (``vlmrl.games.base.CAPTION_TOKENS``): here the ball's row and
+# column buckets, the paddle's place along its track, no ball, no direction.
 CAPTION_PROMPT = "Describe the ball and your paddle (Breakout)."
 # The caption's six slots and the pieces each may hold, in ``caption_tokens``' order.
 CAPTION_SLOTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -339,10 +340,6 @@ CAPTION_SLOTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _bucket(value: int, size: int) -> int:
-    return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
-
-
 def caption_tokens(scene: BreakoutScene, physics: bool = False) -> list[str]:
     """Six one-token pieces: the ball left/right of the paddle's middle, ball row, ball column, paddle
     column, vertical and horizontal direction; left/right first, as Pong's above/below (after the
@@ -351,13 +348,13 @@ def caption_tokens(scene: BreakoutScene, physics: bool = False) -> list[str]:
     where the ball is rather than what to do. ``physics`` is Pong's (no Breakout physics caption)."""
     if physics:
         raise ValueError("the physics caption is Pong's; Breakout has none")
-    paddle = f"<p{_bucket(scene.paddle_col, PLAYFIELD_WIDTH)}>"
+    paddle = f"<p{caption_bucket(scene.paddle_col, PLAYFIELD_WIDTH)}>"
     if not scene.ball_visible:
         return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [
         option_text(scene.ball_side),
-        f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
-        f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
+        f"<y{caption_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
+        f"<x{caption_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
         paddle,
         option_text(scene.vertical) if scene.vertical else "<vnone>",
         option_text(scene.horizontal) if scene.horizontal else "<hnone>",

@@ -30,11 +30,15 @@ import numpy as np
 
 from vlmrl.games import register_game
 from vlmrl.games.base import (
+    BUCKETS,
+    CAPTION_TOKENS,
+    NO_BALL,
     RAM,
     Game,
     GroundedAnswers,
     OracleDecision,
     Question,
+    caption_bucket,
     check_ram,
     decide_batch,
 )
@@ -251,7 +255,6 @@ _BALL_ROW_OFFSET = 46  # top row ram-48, 4 rows tall
 _BALL_COL_OFFSET = 48  # left column ram-49, 2 wide
 _PADDLE_ROW_OFFSET = 40  # top row ram-47.5, 16 rows tall
 _BALL_RED = 236  # the ball is (236, 236, 236); nothing else in the playfield has this much red
-BUCKETS = 16  # rows and columns of the caption, 10 pixels each
 
 
 # --- the answer key -------------------------------------------------------------------------
@@ -332,16 +335,6 @@ def scene_from_ram(
 
 # --- the caption of the pre-training ----------------------------------------------------------
 
-NO_BALL = "<noball>"
-# Tokens added to the tokenizer for the caption; its other pieces are the probe's answer words.
-CAPTION_TOKENS: list[str] = [
-    NO_BALL,
-    *[f"<y{i}>" for i in range(BUCKETS)],
-    *[f"<x{i}>" for i in range(BUCKETS)],
-    *[f"<p{i}>" for i in range(BUCKETS)],
-    "<vnone>",
-    "<hnone>",
-]
 CAPTION_PROMPT = "Describe the ball and your paddle."
 # The caption's six slots and the pieces each may hold, in ``caption_tokens``' order: what a reader
 # of the caption (the grounded reflector) chooses from at each position.
@@ -355,10 +348,6 @@ CAPTION_SLOTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _bucket(value: int, size: int) -> int:
-    return min(max(value * BUCKETS // size, 0), BUCKETS - 1)
-
-
 def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
     """Six one-token pieces: ball above/below the paddle, ball row, ball column, paddle row,
     vertical and horizontal direction. Above/below comes first: after the row tokens it would
@@ -368,13 +357,13 @@ def caption_tokens(scene: PongScene, physics: bool = False) -> list[str]:
     ``physics_tokens`` come first (eight pieces)."""
     if physics:
         return physics_tokens(scene) + caption_tokens(scene)
-    paddle = f"<p{_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
+    paddle = f"<p{caption_bucket(scene.paddle_row, PLAYFIELD_HEIGHT)}>"
     if not scene.ball_visible:
         return [NO_BALL, NO_BALL, NO_BALL, paddle, NO_BALL, NO_BALL]
     return [
         option_text("above" if scene.ball_above_paddle else "below"),
-        f"<y{_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
-        f"<x{_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
+        f"<y{caption_bucket(scene.ball_row, PLAYFIELD_HEIGHT)}>",
+        f"<x{caption_bucket(scene.ball_col, PLAYFIELD_WIDTH)}>",
         paddle,
         option_text(scene.vertical) if scene.vertical else "<vnone>",
         option_text(scene.horizontal) if scene.horizontal else "<hnone>",
@@ -387,9 +376,9 @@ def physics_tokens(scene: PongScene) -> list[str]:
     player) and the row bucket where the paddle would come to rest. They reuse the row tokens
     (``<y..>``, ``<p..>``): the vocabulary, and so the default build, stay the same. First, so that
     nothing after them gives them away under teacher forcing."""
-    aim = "<hnone>" if scene.aim_row is None else f"<y{_bucket(scene.aim_row, PLAYFIELD_HEIGHT)}>"
+    aim = "<hnone>" if scene.aim_row is None else f"<y{caption_bucket(scene.aim_row, PLAYFIELD_HEIGHT)}>"
     rest = scene.paddle_rest_row if scene.paddle_rest_row is not None else scene.paddle_row
-    return [aim, f"<p{_bucket(rest, PLAYFIELD_HEIGHT)}>"]
+    return [aim, f"<p{caption_bucket(rest, PLAYFIELD_HEIGHT)}>"]
 
 
 # --- the probe's questions --------------------------------------------------------------------
