@@ -123,10 +123,10 @@ def _method_name(recipe: Any, settings: dict | None = None) -> str:
     parts = [p for p in Path(recipe).parts if p not in ("recipes", ".")]
     parts = [p for p in parts if not p.endswith((".yaml", ".yml"))]
     label = "/".join(parts) or recipe
-    reflector = (settings or {}).get("reflect.reflector")
-    if reflector:
-        label = f"{label}, {reflector}".lstrip(", ")
-        if (settings or {}).get("reflect.advantage"):
+    settings = settings or {}
+    if settings.get("reflect.reflector"):
+        label = f"{label}, {settings['reflect.reflector']}".lstrip(", ")
+        if settings.get("reflect.advantage"):
             label += " --advantage"
     return f"vlmrl ({label})" if label else "vlmrl"
 

@@ -410,12 +410,10 @@ def _pretrain_and_probe(
     result = pretrain_perception(model, processor, data[0] if len(data) == 1 else data, observation, pretrain,
                                  progress=progress)
     report["pretrain"] = result.summary()
-    for game in games:
-        if probe_samples:
-            probes[game.id]["pretrained"] = probe_model(model, processor, probe_samples[game.id], observation,
-                                                        game=game)
     if not probe_samples:
         report["probe"] = {}
+    for game in games if probe_samples else ():
+        probes[game.id]["pretrained"] = probe_model(model, processor, probe_samples[game.id], observation, game=game)
     return report
 
 

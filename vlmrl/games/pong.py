@@ -148,6 +148,11 @@ def _vertical(dy: float) -> str:
 TEACHER_LOOKAHEAD = 2
 
 
+def ball_y_ahead(ball_y: float, vy: float, steps: int) -> float:
+    """Where the ball's y will be ``steps`` agent steps on at its last move ``vy``, held inside the walls."""
+    return min(max(ball_y + steps * vy, WALL_TOP_Y), WALL_BOTTOM_Y)
+
+
 @dataclass(frozen=True)
 class PongOracle:
     """The RAM policy: intercept prediction, aim, dead band and momentum look-ahead."""
@@ -184,7 +189,7 @@ class PongOracle:
             if self.lookahead is None:
                 intercept = predict_intercept_y(state.ball_x, state.ball_y, vx, vy)
             else:
-                intercept = min(max(state.ball_y + self.lookahead * vy, WALL_TOP_Y), WALL_BOTTOM_Y)
+                intercept = ball_y_ahead(state.ball_y, vy, self.lookahead)
             target_ball_y = intercept
         else:
             intercept = None
@@ -316,9 +321,8 @@ def scene_from_ram(
         horizontal = "away" if dx < 0 else "toward" if dx > 0 else None
         if dx > 0:
             crossing = round(predict_intercept_y(state.ball_x, state.ball_y, dx, dy)) - _BALL_ROW_OFFSET
-            ahead = state.ball_y + TEACHER_LOOKAHEAD * dy
             aim = crossing if TEACHER_LOOKAHEAD is None else (
-                round(min(max(ahead, WALL_TOP_Y), WALL_BOTTOM_Y)) - _BALL_ROW_OFFSET)
+                round(ball_y_ahead(state.ball_y, dy, TEACHER_LOOKAHEAD)) - _BALL_ROW_OFFSET)
     return PongScene(
         ball_visible=True,
         ball_row=state.ball_y - _BALL_ROW_OFFSET,
