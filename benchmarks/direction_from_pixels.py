@@ -69,18 +69,53 @@ def cnn() -> torch.nn.Module:
         torch.nn.Flatten(), torch.nn.Linear(32, 2))
 
 
-def fit_and_score(train_x, train_y, test_x, test_y, epochs: int, seed: int) -> dict:
+class VisionTowerHead(torch.nn.Module):
+    """The tiny VLM's own vision tower (Idefics3's ViT: linear patch embedding, position embedding, encoder)
+    with a linear answer on its patch features, mean- and max-pooled: can this tower learn the direction
+    when taught it directly? ``weights_from`` starts it from a built model's tower; ``frozen`` keeps that
+    tower as it is and trains only the answer (a linear probe of what the tower already extracts)."""
+
+    def __init__(self, model: str, weights_from: bool, frozen: bool) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
+
+        if weights_from:
+            self.tower = AutoModelForImageTextToText.from_pretrained(model).model.vision_model
+        else:
+            self.tower = Idefics3VisionTransformer(AutoConfig.from_pretrained(model).vision_config)
+        self.tower.requires_grad_(not frozen)
+        hidden = self.tower.config.hidden_size
+        self.head = torch.nn.Linear(2 * hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.tower(pixel_values=x).last_hidden_state
+        return self.head(torch.cat([features.mean(1), features.amax(1)], -1))
+
+
+LEARNERS = ("cnn", "tower", "tower-pretrained", "tower-frozen")
+
+
+def learner(name: str, model: str) -> torch.nn.Module:
+    if name == "cnn":
+        return cnn()
+    return VisionTowerHead(model, weights_from=name != "tower", frozen=name == "tower-frozen")
+
+
+def fit_and_score(train_x, train_y, test_x, test_y, epochs: int, seed: int, name: str = "cnn",
+                  model: str = "", lr: float = 2e-3) -> dict:
     torch.manual_seed(seed)
     keep, keep_test = train_y >= 0, test_y >= 0
     x, y = torch.from_numpy(train_x[keep]), torch.from_numpy(train_y[keep])
-    net = cnn()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    net = learner(name, model)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr)
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
             loss = torch.nn.functional.cross_entropy(net(x[idx].float() / 255), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+    net.eval()
     with torch.no_grad():
         tx = torch.from_numpy(test_x[keep_test])
         pred = torch.cat([net(b.float() / 255).argmax(-1) for b in tx.split(256)]).numpy()
@@ -97,10 +132,22 @@ def main() -> None:
                         help="recorded episodes: <dir>/train-<n>/episodes and <dir>/test-<n>/episodes")
     parser.add_argument("--train-episodes", type=int, default=24)
     parser.add_argument("--test-episodes", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3, help="passes of the CNN over the training states")
+    parser.add_argument("--epochs", type=int, default=3, help="passes of the learner over the training states")
+    parser.add_argument("--learner", choices=LEARNERS, default="cnn",
+                        help="cnn: a small CNN from scratch; tower: the model's own vision tower shape, random init, "
+                             "with a linear answer; tower-pretrained: the built model's tower, fine-tuned; "
+                             "tower-frozen: the built model's tower kept as it is (a linear probe of its features)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--questions", default="vertical,horizontal",
+                        help=f"which directions to learn, of {','.join(QUESTIONS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
+    questions = [q for q in args.questions.split(",") if q]
+    if not questions or set(questions) - set(QUESTIONS):
+        parser.error(f"--questions must name some of {','.join(QUESTIONS)}, got {args.questions!r}")
+    if args.epochs < 1 or args.lr <= 0:
+        parser.error("--epochs must be at least 1 and --lr positive")
     parts = {name: Path(args.data_dir) / f"{name}-{n}" / "episodes"
              for name, n in (("train", args.train_episodes), ("test", args.test_episodes))}
     for path in parts.values():
@@ -112,9 +159,11 @@ def main() -> None:
     (train_x, train_y), (test_x, test_y) = (images_and_labels(p, observation) for p in parts.values())
     print(f"{len(train_x)} training and {len(test_x)} test images in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
-    report = {"model": args.model, "observation": observation.__dict__, "epochs": args.epochs}
-    for q in QUESTIONS:
-        report[q] = fit_and_score(train_x, train_y[q], test_x, test_y[q], args.epochs, args.seed)
+    report = {"model": args.model, "observation": observation.__dict__, "epochs": args.epochs,
+              "learner": args.learner, "lr": args.lr}
+    for q in questions:
+        report[q] = fit_and_score(train_x, train_y[q], test_x, test_y[q], args.epochs, args.seed,
+                                  args.learner, args.model, args.lr)
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
 

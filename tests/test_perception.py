@@ -170,3 +170,39 @@ def test_answer_loss_matches_the_full_sequence_loss(tiny):
             mask[row, : len(seq)] = 1
         full = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, labels=labels).loss
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+
+
+def test_vision_warmup_teaches_the_tower_alone(tiny):
+    """The warm-up moves the vision tower and nothing else; its answers skip questions without an answer."""
+    import copy
+
+    import torch
+
+    from vlmrl.perception import _TowerAnswers
+
+    model, processor, observation = tiny
+    model = copy.deepcopy(model)
+    data = collect_perception_data(16, observation, game=PONG, seed=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = PretrainConfig(frames=16, epochs=1e-9, batch_size=8, vision_warmup_steps=3, seed=0)
+    from vlmrl.perception import PixelPath, _warm_up_vision
+
+    owner, local = np.zeros(16, np.int64), np.arange(16)
+    losses = _warm_up_vision(model, [data], lambda idx: data.images[idx], PixelPath(processor, data.images[:2]),
+                             owner, local, config, np.random.default_rng(0))
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("model.vision_model.") for n in moved)
+
+    answers = _TowerAnswers(8, [data])
+    features = torch.randn(16, 4, 8)
+    # A question no sample answers adds nothing to the loss.
+    without = copy.deepcopy(answers)
+    without.keys = [k for k in answers.keys if k[1] != "horizontal"]
+    answers.keys = [(p, n, np.full_like(labels, -1) if n == "horizontal" else labels) for p, n, labels in answers.keys]
+    torch.testing.assert_close(answers.loss(features, owner, local), without.loss(features, owner, local))
+
+
+def test_vision_warmup_steps_must_not_be_negative():
+    with pytest.raises(ValueError, match="vision_warmup_steps"):
+        PretrainConfig(vision_warmup_steps=-1)

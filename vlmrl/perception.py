@@ -105,10 +105,17 @@ class PretrainConfig:
     # Caption also where the ball will cross the paddle's column and where the paddle would come
     # to rest (``physics_tokens``): what the oracle's decisions turn on, still no action.
     physics_caption: bool = False
+    # Steps of a warm-up of the vision tower alone before the captions: one linear answer per probe
+    # question on the tower's pooled patch features, thrown away afterwards. Through the language model
+    # the tower never learns which way the ball moves horizontally; taught directly, it does (README,
+    # "What the model does not see").
+    vision_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError("pretrain frames, epochs and batch_size must be positive")
+        if self.vision_warmup_steps < 0:
+            raise ValueError(f"vision_warmup_steps must be non-negative, got {self.vision_warmup_steps}")
         if not 0.0 <= self.caption_fraction <= 1.0:
             raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
         if any(w < 0 for w in self.question_weights.values()):
@@ -144,10 +151,13 @@ class PretrainResult:
     final_loss: float  # mean of the last 50 steps
     pixels: str  # how pixel values were made: the processor, or /255 after checking it matches the processor
     losses: list[float] = field(repr=False)
+    vision_warmup_final_loss: float | None = None  # mean of the warm-up's last 50 steps (None: no warm-up)
 
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("losses")
+        if d["vision_warmup_final_loss"] is None:
+            d.pop("vision_warmup_final_loss")
         return d
 
 
@@ -262,6 +272,60 @@ class _GameTasks:
         return prompt + target, len(prompt)
 
 
+class _TowerAnswers(torch.nn.Module):
+    """Linear answers to every game's questions from the vision tower's patch features (mean and max
+    pooled over the patches): the warm-up's heads."""
+
+    def __init__(self, hidden: int, parts: Sequence[PerceptionData]) -> None:
+        super().__init__()
+        # (part, question, answer index per sample: -1 where the question has no answer there)
+        self.keys: list[tuple[int, str, np.ndarray]] = []
+        heads = {}
+        for p, part in enumerate(parts):
+            for q in part.game.questions:
+                answers = [q.answer(s) for s in part.scenes]
+                labels = np.array([-1 if a is None else q.options.index(a) for a in answers], dtype=np.int64)
+                heads[f"{p}_{q.name}"] = torch.nn.Linear(2 * hidden, len(q.options))
+                self.keys.append((p, q.name, labels))
+        self.heads = torch.nn.ModuleDict(heads)
+
+    def loss(self, features: torch.Tensor, owner: np.ndarray, local: np.ndarray) -> torch.Tensor:
+        pooled = torch.cat([features.mean(1), features.amax(1)], -1)
+        total, count = pooled.new_zeros(()), 0
+        for p, name, labels in self.keys:
+            target = np.where(owner == p, labels[np.where(owner == p, local, 0)], -1)
+            if (target >= 0).any():
+                logits = self.heads[f"{p}_{name}"](pooled)
+                total = total + torch.nn.functional.cross_entropy(logits, torch.from_numpy(target), ignore_index=-1)
+                count += 1
+        return total / max(count, 1)
+
+
+def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: PretrainConfig, rng) -> list[float]:
+    """Trains the vision tower alone on the probe's questions (``config.vision_warmup_steps``); the
+    heads are dropped, the tower keeps what it learnt. Returns the losses."""
+    tower = model.model.vision_model
+    answers = _TowerAnswers(tower.config.hidden_size, parts)
+    params = [*tower.parameters(), *answers.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    losses, order = [], np.empty(0, dtype=np.int64)
+    tower.train()
+    for _ in range(config.vision_warmup_steps):
+        while len(order) < config.batch_size:
+            order = np.concatenate([order, rng.permutation(len(owner))])
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        images = pixels(batch_images(idx))
+        features = tower(pixel_values=images.flatten(0, 1)).last_hidden_state
+        features = features.reshape(len(idx), -1, features.size(-1))  # an observation's images' patches together
+        loss = answers.loss(features, owner[idx], local[idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
 def pretrain_perception(
     model,
     processor,
@@ -303,6 +367,8 @@ def pretrain_perception(
 
     pixels = PixelPath(processor, np.concatenate([part.images[:8] for part in parts]))
     pad = processor.tokenizer.pad_token_id
+    warmup = _warm_up_vision(model, parts, batch_images, pixels, owner, local, config,
+                             np.random.default_rng(config.seed + 1)) if config.vision_warmup_steps else []
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -339,5 +405,6 @@ def pretrain_perception(
         first_loss=round(losses[0], 4),
         final_loss=round(float(np.mean(losses[-50:])), 4),
         pixels="uint8/255, checked equal to the processor's" if pixels.fast else "processor",
+        vision_warmup_final_loss=round(float(np.mean(warmup[-50:])), 4) if warmup else None,
         losses=losses,
     )

@@ -359,8 +359,9 @@ def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:
     if pretrain is None:
         return None
     recipe = asdict(pretrain)
-    if not recipe["physics_caption"]:  # builds recorded before the option existed stay "the same recipe"
-        del recipe["physics_caption"]
+    for option in ("physics_caption", "vision_warmup_steps"):  # builds recorded before the options existed
+        if not recipe[option]:  # stay "the same recipe"
+            del recipe[option]
     return recipe
 
 
@@ -577,6 +578,11 @@ def main(argv: list[str] | None = None) -> None:
         f"(questions not named weigh 1; default {_weights_text(defaults.question_weights)})",
     )
     parser.add_argument(
+        "--vision-warmup-steps", type=int, default=defaults.vision_warmup_steps,
+        help="steps teaching the vision tower alone the probe's questions (linear answers on its features, "
+        "dropped afterwards) before the captions (default %(default)s)",
+    )
+    parser.add_argument(
         "--probe-frames", type=int, default=500,
         help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
     )
@@ -615,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.physics_caption and any(g.name != GAME.name for g in games):
                 raise ValueError("--physics-caption is Pong's alone: leave the other games out of --games")
             settings = dict(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
-                            physics_caption=args.physics_caption)
+                            physics_caption=args.physics_caption, vision_warmup_steps=args.vision_warmup_steps)
             if args.question_weights is not None:
                 settings["question_weights"] = _weights(args.question_weights)
             # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
