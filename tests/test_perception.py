@@ -184,7 +184,7 @@ def test_vision_warmup_teaches_the_tower_alone(tiny):
     model = copy.deepcopy(model)
     data = collect_perception_data(16, observation, game=PONG, seed=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = PretrainConfig(frames=16, epochs=1e-9, batch_size=8, vision_warmup_steps=3, seed=0)
+    config = PretrainConfig(frames=16, epochs=2, batch_size=8, vision_warmup_steps=3, seed=0)
     from vlmrl.perception import PixelPath, _warm_up_vision
 
     owner, local = np.zeros(16, np.int64), np.arange(16)
@@ -206,3 +206,9 @@ def test_vision_warmup_teaches_the_tower_alone(tiny):
 def test_vision_warmup_steps_must_not_be_negative():
     with pytest.raises(ValueError, match="vision_warmup_steps"):
         PretrainConfig(vision_warmup_steps=-1)
+
+
+def test_vision_warmup_is_never_longer_than_the_pretraining():
+    assert PretrainConfig(frames=64, epochs=1, batch_size=32).warmup_steps_run == 2
+    assert PretrainConfig().warmup_steps_run == PretrainConfig().vision_warmup_steps == 1000
+    assert PretrainConfig(vision_warmup_steps=0).warmup_steps_run == 0

@@ -105,11 +105,12 @@ class PretrainConfig:
     # Caption also where the ball will cross the paddle's column and where the paddle would come
     # to rest (``physics_tokens``): what the oracle's decisions turn on, still no action.
     physics_caption: bool = False
-    # Steps of a warm-up of the vision tower alone before the captions: one linear answer per probe
-    # question on the tower's pooled patch features, thrown away afterwards. Through the language model
-    # the tower never learns which way the ball moves horizontally; taught directly, it does (README,
+    # Steps of a warm-up of the vision tower alone before the captions (at most the captions' own
+    # steps): one linear answer per probe question on the tower's pooled patch features, thrown away
+    # afterwards. Through the language model alone the tower never learnt which way the ball moves
+    # horizontally (probe 0.73, chance 0.69); with 1,000 steps of warm-up it answers 0.95 (README,
     # "What the model does not see").
-    vision_warmup_steps: int = 0
+    vision_warmup_steps: int = 1000
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.epochs <= 0 or self.batch_size < 1:
@@ -141,6 +142,11 @@ class PretrainConfig:
     def steps(self) -> int:
         return max(1, math.ceil(self.frames * self.epochs / self.batch_size))
 
+    @property
+    def warmup_steps_run(self) -> int:
+        """The vision warm-up's steps: as configured, but never more than the pre-training's own."""
+        return min(self.vision_warmup_steps, self.steps)
+
 
 @dataclass
 class PretrainResult:
@@ -151,12 +157,14 @@ class PretrainResult:
     final_loss: float  # mean of the last 50 steps
     pixels: str  # how pixel values were made: the processor, or /255 after checking it matches the processor
     losses: list[float] = field(repr=False)
+    vision_warmup_steps: int = 0  # the vision warm-up's steps run
     vision_warmup_final_loss: float | None = None  # mean of the warm-up's last 50 steps (None: no warm-up)
 
     def summary(self) -> dict:
         d = asdict(self)
         d.pop("losses")
-        if d["vision_warmup_final_loss"] is None:
+        if not d["vision_warmup_steps"]:
+            d.pop("vision_warmup_steps")
             d.pop("vision_warmup_final_loss")
         return d
 
@@ -301,8 +309,9 @@ class _TowerAnswers(torch.nn.Module):
         return total / max(count, 1)
 
 
-def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: PretrainConfig, rng) -> list[float]:
-    """Trains the vision tower alone on the probe's questions (``config.vision_warmup_steps``); the
+def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: PretrainConfig, rng,
+                    progress: bool = False) -> list[float]:
+    """Trains the vision tower alone on the probe's questions (``config.warmup_steps_run`` steps); the
     heads are dropped, the tower keeps what it learnt. Returns the losses."""
     tower = model.model.vision_model
     answers = _TowerAnswers(tower.config.hidden_size, parts)
@@ -310,7 +319,10 @@ def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: Pr
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     losses, order = [], np.empty(0, dtype=np.int64)
     tower.train()
-    for _ in range(config.vision_warmup_steps):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(config.warmup_steps_run), desc="vision warm-up", disable=not progress)
+    for step in bar:
         while len(order) < config.batch_size:
             order = np.concatenate([order, rng.permutation(len(owner))])
         idx, order = order[: config.batch_size], order[config.batch_size :]
@@ -323,6 +335,8 @@ def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: Pr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     return losses
 
 
@@ -368,7 +382,7 @@ def pretrain_perception(
     pixels = PixelPath(processor, np.concatenate([part.images[:8] for part in parts]))
     pad = processor.tokenizer.pad_token_id
     warmup = _warm_up_vision(model, parts, batch_images, pixels, owner, local, config,
-                             np.random.default_rng(config.seed + 1)) if config.vision_warmup_steps else []
+                             np.random.default_rng(config.seed + 1), progress) if config.warmup_steps_run else []
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
@@ -405,6 +419,7 @@ def pretrain_perception(
         first_loss=round(losses[0], 4),
         final_loss=round(float(np.mean(losses[-50:])), 4),
         pixels="uint8/255, checked equal to the processor's" if pixels.fast else "processor",
+        vision_warmup_steps=len(warmup),
         vision_warmup_final_loss=round(float(np.mean(warmup[-50:])), 4) if warmup else None,
         losses=losses,
     )
