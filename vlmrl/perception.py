@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
@@ -309,23 +309,32 @@ class _TowerAnswers(torch.nn.Module):
         return total / max(count, 1)
 
 
+def _batches(rng: np.random.Generator, n: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Sample indices a batch at a time, endlessly: epochs run into each other, a permutation at a time."""
+    order = np.empty(0, dtype=np.int64)
+    while True:
+        while len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(n)])
+        idx, order = order[:batch_size], order[batch_size:]
+        yield idx
+
+
 def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: PretrainConfig, rng,
                     progress: bool = False) -> list[float]:
     """Trains the vision tower alone on the probe's questions (``config.warmup_steps_run`` steps); the
     heads are dropped, the tower keeps what it learnt. Returns the losses."""
+    from tqdm.auto import tqdm
+
     tower = model.model.vision_model
     answers = _TowerAnswers(tower.config.hidden_size, parts)
     params = [*tower.parameters(), *answers.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    losses, order = [], np.empty(0, dtype=np.int64)
+    losses = []
     tower.train()
-    from tqdm.auto import tqdm
-
+    batches = _batches(rng, len(owner), config.batch_size)
     bar = tqdm(range(config.warmup_steps_run), desc="vision warm-up", disable=not progress)
     for step in bar:
-        while len(order) < config.batch_size:
-            order = np.concatenate([order, rng.permutation(len(owner))])
-        idx, order = order[: config.batch_size], order[config.batch_size :]
+        idx = next(batches)
         images = pixels(batch_images(idx))
         features = tower(pixel_values=images.flatten(0, 1)).last_hidden_state
         features = features.reshape(len(idx), -1, features.size(-1))  # an observation's images' patches together
@@ -387,14 +396,12 @@ def pretrain_perception(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     model.train()
-    order = np.empty(0, dtype=np.int64)
     losses: list[float] = []
     start = time.perf_counter()
+    batches = _batches(rng, len(owner), config.batch_size)
     bar = tqdm(range(config.steps), desc="perception pre-training", disable=not progress)
     for step in bar:
-        while len(order) < config.batch_size:  # epochs run into each other: a permutation at a time
-            order = np.concatenate([order, rng.permutation(len(owner))])
-        idx, order = order[: config.batch_size], order[config.batch_size :]
+        idx = next(batches)
         seqs, prompt_lens = [], []
         for k, draw in zip(idx, rng.random(len(idx)), strict=True):
             seq, prompt_len = games[owner[k]].sample(local[k], draw)
