@@ -212,3 +212,23 @@ def test_vision_warmup_is_never_longer_than_the_pretraining():
     assert PretrainConfig(frames=64, epochs=1, batch_size=32).warmup_steps_run == 2
     assert PretrainConfig().warmup_steps_run == PretrainConfig().vision_warmup_steps == 1000
     assert PretrainConfig(vision_warmup_steps=0).warmup_steps_run == 0
+
+
+def test_warmup_positions_are_the_scenes_whole_numbers_standardised():
+    from vlmrl.perception import _positions
+
+    scenes = [scene_from_ram(ram(ball_y=y, ball_x=x, player_y=60), ram(ball_y=y - 2, ball_x=x - 2, player_y=60))
+              for y, x in ((40, 100), (80, 110), (120, 120))]
+    scenes.append(scene_from_ram(ram(player_y=60)))  # the ball out of play
+    positions = _positions(scenes)
+    # bools and words are not positions; a field equal everywhere (the paddle) teaches nothing
+    assert {"ball_row", "ball_col"} <= set(positions) and "paddle_row" not in positions
+    assert not {"ball_visible", "vertical", "horizontal"} & set(positions)
+    rows = positions["ball_row"]
+    assert np.isnan(rows[3]) and np.isclose(np.nanmean(rows), 0) and np.isclose(np.nanstd(rows), 1)
+    assert rows[0] < rows[1] < rows[2]
+
+
+def test_warmup_targets_must_be_known():
+    with pytest.raises(ValueError, match="vision_warmup_targets"):
+        PretrainConfig(vision_warmup_targets="actions")

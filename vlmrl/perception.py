@@ -85,6 +85,9 @@ def collect_perception_data(
     return PerceptionData(images if images is not None else np.empty((0,), np.uint8), scenes, game)
 
 
+WARMUP_TARGETS = ("questions", "questions+positions")
+
+
 @dataclass
 class PretrainConfig:
     """The perception pre-training recipe (FACTS: 'Teaching the tiny model to see first works')."""
@@ -111,12 +114,19 @@ class PretrainConfig:
     # horizontally (probe 0.73, chance 0.69); with 1,000 steps of warm-up it answers 0.95 (README,
     # "What the model does not see").
     vision_warmup_steps: int = 1000
+    # What the warm-up teaches besides the questions: "positions" adds a regression per whole-number
+    # field of the game's scene (Pong: ball and paddle rows, the ball's column, where the ball will
+    # cross your column, where the teacher aims, where your paddle would rest), standardised.
+    vision_warmup_targets: str = "questions"
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.epochs <= 0 or self.batch_size < 1:
             raise ValueError("pretrain frames, epochs and batch_size must be positive")
         if self.vision_warmup_steps < 0:
             raise ValueError(f"vision_warmup_steps must be non-negative, got {self.vision_warmup_steps}")
+        if self.vision_warmup_targets not in WARMUP_TARGETS:
+            raise ValueError(f"vision_warmup_targets must be one of {', '.join(WARMUP_TARGETS)}, "
+                             f"got {self.vision_warmup_targets!r}")
         if not 0.0 <= self.caption_fraction <= 1.0:
             raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
         if any(w < 0 for w in self.question_weights.values()):
@@ -284,9 +294,10 @@ class _TowerAnswers(torch.nn.Module):
     """Linear answers to every game's questions from the vision tower's patch features (mean and max
     pooled over the patches): the warm-up's heads."""
 
-    def __init__(self, hidden: int, parts: Sequence[PerceptionData]) -> None:
+    def __init__(self, hidden: int, parts: Sequence[PerceptionData], positions: bool = False) -> None:
         super().__init__()
-        # (part, question, answer index per sample: -1 where the question has no answer there)
+        # (part, target, labels per sample): a question's answer index (-1 where it has no answer there),
+        # or a position standardised over the part (NaN where the scene has none)
         self.keys: list[tuple[int, str, np.ndarray]] = []
         heads = {}
         for p, part in enumerate(parts):
@@ -295,18 +306,49 @@ class _TowerAnswers(torch.nn.Module):
                 labels = np.array([-1 if a is None else q.options.index(a) for a in answers], dtype=np.int64)
                 heads[f"{p}_{q.name}"] = torch.nn.Linear(2 * hidden, len(q.options))
                 self.keys.append((p, q.name, labels))
+            for name, values in (_positions(part.scenes) if positions else {}).items():
+                heads[f"{p}_{name}"] = torch.nn.Linear(2 * hidden, 1)
+                self.keys.append((p, name, values))
         self.heads = torch.nn.ModuleDict(heads)
 
     def loss(self, features: torch.Tensor, owner: np.ndarray, local: np.ndarray) -> torch.Tensor:
         pooled = torch.cat([features.mean(1), features.amax(1)], -1)
         total, count = pooled.new_zeros(()), 0
         for p, name, labels in self.keys:
-            target = np.where(owner == p, labels[np.where(owner == p, local, 0)], -1)
-            if (target >= 0).any():
-                logits = self.heads[f"{p}_{name}"](pooled)
-                total = total + torch.nn.functional.cross_entropy(logits, torch.from_numpy(target), ignore_index=-1)
-                count += 1
+            mine = owner == p
+            if labels.dtype == np.int64:
+                target = np.where(mine, labels[np.where(mine, local, 0)], -1)
+                if (target >= 0).any():
+                    logits = self.heads[f"{p}_{name}"](pooled)
+                    total = total + torch.nn.functional.cross_entropy(
+                        logits, torch.from_numpy(target), ignore_index=-1)
+                    count += 1
+            else:
+                target = np.where(mine, labels[np.where(mine, local, 0)], np.nan)
+                known = torch.from_numpy(~np.isnan(target))
+                if known.any():
+                    guess = self.heads[f"{p}_{name}"](pooled)[:, 0]
+                    total = total + torch.nn.functional.smooth_l1_loss(
+                        guess[known], torch.from_numpy(target).float()[known])
+                    count += 1
         return total / max(count, 1)
+
+
+def _positions(scenes: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Each whole-number field of the scenes (dataclasses), standardised (float64, NaN where None)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(scenes[0]):
+        values = [getattr(s, f.name) for s in scenes]
+        if any(isinstance(v, bool) or not (v is None or isinstance(v, int)) for v in values):
+            continue
+        array = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        known = array[~np.isnan(array)]
+        if len(known) < 2 or known.std() == 0:
+            continue
+        out[f.name] = (array - known.mean()) / known.std()
+    return out
 
 
 def _batches(rng: np.random.Generator, n: int, batch_size: int) -> Iterator[np.ndarray]:
@@ -326,7 +368,7 @@ def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: Pr
     from tqdm.auto import tqdm
 
     tower = model.model.vision_model
-    answers = _TowerAnswers(tower.config.hidden_size, parts)
+    answers = _TowerAnswers(tower.config.hidden_size, parts, config.vision_warmup_targets == "questions+positions")
     params = [*tower.parameters(), *answers.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     losses = []

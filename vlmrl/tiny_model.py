@@ -37,6 +37,7 @@ from vlmrl.games import Game, get_game, registered_games
 from vlmrl.observation import TINY_CONFIG_FILE, ObservationConfig
 from vlmrl.perception import (
     PRETRAIN_SEED_BASE,
+    WARMUP_TARGETS,
     PretrainConfig,
     collect_perception_data,
     perception_texts,
@@ -362,6 +363,8 @@ def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:
     for option in ("physics_caption", "vision_warmup_steps"):  # builds recorded before the options existed
         if not recipe[option]:  # stay "the same recipe"
             del recipe[option]
+    if recipe["vision_warmup_targets"] == "questions":  # as were the builds before this option
+        del recipe["vision_warmup_targets"]
     return recipe
 
 
@@ -583,6 +586,12 @@ def main(argv: list[str] | None = None) -> None:
         "dropped afterwards) before the captions (default %(default)s)",
     )
     parser.add_argument(
+        "--vision-warmup-targets", choices=WARMUP_TARGETS, default=defaults.vision_warmup_targets,
+        help="what the warm-up teaches: the probe's questions, or also the scene's positions (regressions on "
+        "the ball's and paddle's rows and column, where the ball will cross, where the teacher aims, where "
+        "the paddle would rest; still no action) (default %(default)s)",
+    )
+    parser.add_argument(
         "--probe-frames", type=int, default=500,
         help="held-out frames the vision probe scores before and after pre-training; 0 skips it (default %(default)s)",
     )
@@ -621,7 +630,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.physics_caption and any(g.name != GAME.name for g in games):
                 raise ValueError("--physics-caption is Pong's alone: leave the other games out of --games")
             settings = dict(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
-                            physics_caption=args.physics_caption, vision_warmup_steps=args.vision_warmup_steps)
+                            physics_caption=args.physics_caption, vision_warmup_steps=args.vision_warmup_steps,
+                            vision_warmup_targets=args.vision_warmup_targets)
             if args.question_weights is not None:
                 settings["question_weights"] = _weights(args.question_weights)
             # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
