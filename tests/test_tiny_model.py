@@ -55,7 +55,11 @@ def test_pretraining_is_recorded_in_config_and_card(built):
     assert recorded["pretrain"]["frames"] == 16
     assert recorded["observation"]["encoding"] == "motion"
     assert recorded["report"]["pretrain"]["steps"] == 2
-    assert "Perception pre-training" in (built[0] / "README.md").read_text()
+    # the vision warm-up's 1,000 steps are held to the pre-training's own 2
+    assert recorded["pretrain"]["vision_warmup_steps"] == 1000
+    assert recorded["report"]["pretrain"]["vision_warmup_steps"] == 2
+    card = (built[0] / "README.md").read_text()
+    assert "Perception pre-training" in card and "vision warm-up" in card and "2 steps" in card
 
 
 def test_reloads_offline_through_the_auto_classes(built, monkeypatch):

@@ -458,6 +458,11 @@ def _card_body(recipe: dict, report: dict, games: Sequence[Game] = DEFAULT_GAMES
         f"Targets come from the RAM only: {caption} or one of the probe's "
         f"questions ({1 - pretrain['caption_fraction']:.0%} of samples), loss on every answer token. "
         "No action labels, no action names.\n",
+        *([f"First a vision warm-up: the vision tower alone learns the probe's questions"
+           f"{' and the scene positions' if pretrain.get('vision_warmup_targets') == 'questions+positions' else ''}"
+           " from linear answers on its pooled patch features (dropped afterwards), "
+           f"{report.get('pretrain', {}).get('vision_warmup_steps', 0):,} steps.\n"]
+          if report.get("pretrain", {}).get("vision_warmup_steps") else []),
         "| setting | value |\n|---|---|",
         *[f"| {k} | {v} |" for k, v in pretrain.items()],
         "",
