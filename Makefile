@@ -34,6 +34,8 @@ SAMPLE_BUDGET ?=
 # the oracle also collects with no oracle play (teacher mix 0) unless TEACHER_MIX is given.
 REFLECTOR ?=
 ADVANTAGE ?=
+# LORA=1: each iteration fine-tunes LoRA adapters (r 16, alpha 32), merged into its checkpoint, not every weight.
+LORA ?=
 OUTCOME ?=
 REHEARSAL_SHARE ?=
 # The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
@@ -62,6 +64,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
 	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) $(if $(ADVANTAGE),--advantage $(ADVANTAGE)) \
+	$(if $(LORA),--lora $(LORA)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,

@@ -107,6 +107,10 @@ def test_a_reflector_other_than_the_oracle_collects_without_oracle_play(tmp_path
     reflect = phase_command("reflect", exp_dir=exp, recipe=recipe, k=1,
                             overrides={"reflector": "self-imitation", "advantage": "1"})
     assert reflect[reflect.index("--advantage") + 1] == "1"
+    train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"lora": "1"})
+    assert train[train.index("--use_peft") + 1] == "1"
+    assert "--use_peft" not in phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={})
+
 
 def _make(tmp_path, recipe, *targets, **variables):
     venv_python = Path(sys.executable)

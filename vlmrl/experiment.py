@@ -127,7 +127,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
                "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
-                      sample_budget="--sample-budget", rehearsal_share="--rehearsal-share")
+                      sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
@@ -326,6 +326,8 @@ def _add_knobs(p) -> None:
         ("--rehearsal-share", "share of each training set made of perception questions (keeps the probe)"),
         ("--advantage", "self-imitation: keep the steps whose return beats their episode's mean (1) instead of "
          "those with a positive return"),
+        ("--lora", "fine-tune LoRA adapters (1; TRL's r 16, alpha 32 on the attention and MLP projections, merged "
+         "into each checkpoint) instead of every weight"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")
