@@ -291,8 +291,9 @@ class _GameTasks:
 
 
 class _TowerAnswers(torch.nn.Module):
-    """Linear answers to every game's questions from the vision tower's patch features (mean and max
-    pooled over the patches): the warm-up's heads."""
+    """Linear answers to every game's questions (and, with ``positions``, regressions on its scenes'
+    positions) from the vision tower's patch features, mean- and max-pooled over the patches: the
+    warm-up's heads."""
 
     def __init__(self, hidden: int, parts: Sequence[PerceptionData], positions: bool = False) -> None:
         super().__init__()
