@@ -24,6 +24,7 @@ import vlmrl  # noqa: F401  (first: sets the OpenMP wait policy before torch loa
 from vlmrl.cli import ArgumentParser, run
 from vlmrl.games import get_game
 from vlmrl.observation import ObservationConfig, encode_batch, recorded_observation
+from vlmrl.perception import pool_patches
 
 GAME = get_game("ALE/Pong-v5")
 QUESTIONS = {"vertical": ("up", "down"), "horizontal": ("toward", "away")}
@@ -71,7 +72,7 @@ def cnn() -> torch.nn.Module:
 
 class VisionTowerHead(torch.nn.Module):
     """The tiny VLM's own vision tower (Idefics3's ViT: linear patch embedding, position embedding, encoder)
-    with a linear answer on its patch features, mean- and max-pooled: can this tower learn the direction
+    with a linear answer on its pooled patch features, as the build's vision warm-up: can this tower learn the direction
     when taught it directly? ``weights_from`` starts it from a built model's tower; ``frozen`` keeps that
     tower as it is and trains only the answer (a linear probe of what the tower already extracts)."""
 
@@ -89,8 +90,7 @@ class VisionTowerHead(torch.nn.Module):
         self.head = torch.nn.Linear(2 * hidden, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.tower(pixel_values=x).last_hidden_state
-        return self.head(torch.cat([features.mean(1), features.amax(1)], -1))
+        return self.head(pool_patches(self.tower(pixel_values=x).last_hidden_state))
 
 
 LEARNERS = ("cnn", "tower", "tower-pretrained", "tower-frozen")

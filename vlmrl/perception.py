@@ -290,6 +290,11 @@ class _GameTasks:
         return prompt + target, len(prompt)
 
 
+def pool_patches(features: torch.Tensor) -> torch.Tensor:
+    """A vision tower's patch features (batch, patches, hidden) -> (batch, 2 * hidden): their mean and max."""
+    return torch.cat([features.mean(1), features.amax(1)], -1)
+
+
 class _TowerAnswers(torch.nn.Module):
     """Linear answers to every game's questions (and, with ``positions``, regressions on its scenes'
     positions) from the vision tower's patch features, mean- and max-pooled over the patches: the
@@ -313,19 +318,20 @@ class _TowerAnswers(torch.nn.Module):
         self.heads = torch.nn.ModuleDict(heads)
 
     def loss(self, features: torch.Tensor, owner: np.ndarray, local: np.ndarray) -> torch.Tensor:
-        pooled = torch.cat([features.mean(1), features.amax(1)], -1)
+        pooled = pool_patches(features)
         total, count = pooled.new_zeros(()), 0
         for p, name, labels in self.keys:
             mine = owner == p
+            picked = labels[np.where(mine, local, 0)]  # this part's labels; other parts' rows masked below
             if labels.dtype == np.int64:
-                target = np.where(mine, labels[np.where(mine, local, 0)], -1)
+                target = np.where(mine, picked, -1)
                 if (target >= 0).any():
                     logits = self.heads[f"{p}_{name}"](pooled)
                     total = total + torch.nn.functional.cross_entropy(
                         logits, torch.from_numpy(target), ignore_index=-1)
                     count += 1
             else:
-                target = np.where(mine, labels[np.where(mine, local, 0)], np.nan)
+                target = np.where(mine, picked, np.nan)
                 known = torch.from_numpy(~np.isnan(target))
                 if known.any():
                     guess = self.heads[f"{p}_{name}"](pooled)[:, 0]

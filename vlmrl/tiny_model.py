@@ -356,15 +356,18 @@ def _text_digest(game_ids: tuple[str, ...]) -> str:
     return hashlib.sha256(corpus.encode()).hexdigest()[:16]
 
 
+# Pre-training options added after builds were recorded, with what those builds did: a recipe that does the
+# same leaves the option out, so those builds still count as "the same recipe".
+_OPTIONS_RECORDED_LATER = {"physics_caption": False, "vision_warmup_steps": 0, "vision_warmup_targets": "questions"}
+
+
 def _pretrain_recipe(pretrain: PretrainConfig | None) -> dict | None:
     if pretrain is None:
         return None
     recipe = asdict(pretrain)
-    for option in ("physics_caption", "vision_warmup_steps"):  # builds recorded before the options existed
-        if not recipe[option]:  # stay "the same recipe"
+    for option, before in _OPTIONS_RECORDED_LATER.items():
+        if recipe[option] == before:
             del recipe[option]
-    if recipe["vision_warmup_targets"] == "questions":  # as were the builds before this option
-        del recipe["vision_warmup_targets"]
     return recipe
 
 
@@ -450,6 +453,7 @@ def _card_body(recipe: dict, report: dict, games: Sequence[Game] = DEFAULT_GAMES
                    "and horizontal direction)")
         shares = ", ".join(f"{n:,} of {get_game(g).name}" for g, n in report.get("frames_by_game", {}).items())
         frames = f"{pretrain['frames']:,} observations of varied play ({shares}, shuffled together; "
+    warmup_steps = report.get("pretrain", {}).get("vision_warmup_steps", 0)
     body = [
         "## Perception pre-training\n",
         f"Taught to see {_names(games)}, not to play {'it' if len(games) == 1 else 'them'}: {frames}"
@@ -460,9 +464,8 @@ def _card_body(recipe: dict, report: dict, games: Sequence[Game] = DEFAULT_GAMES
         "No action labels, no action names.\n",
         *([f"First a vision warm-up: the vision tower alone learns the probe's questions"
            f"{' and the scene positions' if pretrain.get('vision_warmup_targets') == 'questions+positions' else ''}"
-           " from linear answers on its pooled patch features (dropped afterwards), "
-           f"{report.get('pretrain', {}).get('vision_warmup_steps', 0):,} steps.\n"]
-          if report.get("pretrain", {}).get("vision_warmup_steps") else []),
+           f" from linear answers on its pooled patch features (dropped afterwards), {warmup_steps:,} steps.\n"]
+          if warmup_steps else []),
         "| setting | value |\n|---|---|",
         *[f"| {k} | {v} |" for k, v in pretrain.items()],
         "",
