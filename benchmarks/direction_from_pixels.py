@@ -27,12 +27,17 @@ from vlmrl.observation import ObservationConfig, encode_batch, recorded_observat
 from vlmrl.perception import pool_patches
 
 GAME = get_game("ALE/Pong-v5")
-QUESTIONS = {"vertical": ("up", "down"), "horizontal": ("toward", "away")}
+TEACHER = GAME.make_oracle()
+# The two directions (the probe's answer key), and the teacher's own decision ("action": the class of the
+# action the two-step teacher takes): can the pixels alone, through this learner, give the decision the loop
+# imitates? A diagnosis only; no build is taught actions.
+QUESTIONS = {"vertical": ("up", "down"), "horizontal": ("toward", "away"), "action": ("up", "down", "stay")}
 
 
-def images_and_labels(episodes: Path, observation: ObservationConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Every step with a previous step: its observation (N, 3, size, size) uint8 and each question's label
-    index (-1 where the answer key has none)."""
+def images_and_labels(episodes: Path, observation: ObservationConfig
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Every step with a previous step: its observation (N, 3, size, size) uint8, each question's label
+    index (-1 where the answer key has none) and the step's ball phase."""
     from datasets import load_dataset
 
     ds = load_dataset(str(episodes), split="train")
@@ -48,26 +53,28 @@ def images_and_labels(episodes: Path, observation: ObservationConfig) -> tuple[n
         return frames[r]
 
     rams = np.asarray(ds["ram"], np.uint8)
-    images, labels = [], {q: [] for q in QUESTIONS}
+    images, labels, phases = [], {q: [] for q in QUESTIONS}, []
     for start in range(0, len(pairs), 256):
         chunk = pairs[start:start + 256]
         images.append(encode_batch([[frame(p), frame(r)] for p, r in chunk], observation, GAME,
                                    channels_first=True)[:, -1])
         for p, r in chunk:
             scene = GAME.scene(rams[r], rams[p], frame(r))
+            answers = {q: getattr(scene, q) for q in QUESTIONS if q != "action"}
+            answers["action"] = TEACHER.decide(rams[r], rams[p]).action_class
             for q, options in QUESTIONS.items():
-                answer = getattr(scene, q)
-                labels[q].append(options.index(answer) if answer in options else -1)
+                labels[q].append(options.index(answers[q]) if answers[q] in options else -1)
+            phases.append(GAME.phase(rams[r], rams[p]))
         frames = {k: v for k, v in frames.items() if k >= chunk[-1][1] - 1}
-    return np.concatenate(images), {q: np.asarray(v) for q, v in labels.items()}
+    return np.concatenate(images), {q: np.asarray(v) for q, v in labels.items()}, np.asarray(phases)
 
 
-def cnn() -> torch.nn.Module:
+def cnn(classes: int = 2) -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),  # keeps 1-pixel detail
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(32, 2))
+        torch.nn.Flatten(), torch.nn.Linear(32, classes))
 
 
 class VisionTowerHead(torch.nn.Module):
@@ -76,7 +83,8 @@ class VisionTowerHead(torch.nn.Module):
     when taught it directly? ``weights_from`` starts it from a built model's tower; ``frozen`` keeps that
     tower as it is and trains only the answer (a linear probe of what the tower already extracts)."""
 
-    def __init__(self, model: str, weights_from: bool, frozen: bool) -> None:
+    def __init__(self, model: str, weights_from: bool, frozen: bool, classes: int = 2,
+                 shape: dict | None = None) -> None:
         super().__init__()
         from transformers import AutoConfig, AutoModelForImageTextToText
         from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
@@ -84,10 +92,13 @@ class VisionTowerHead(torch.nn.Module):
         if weights_from:
             self.tower = AutoModelForImageTextToText.from_pretrained(model).model.vision_model
         else:
-            self.tower = Idefics3VisionTransformer(AutoConfig.from_pretrained(model).vision_config)
+            config = AutoConfig.from_pretrained(model).vision_config
+            for key, value in (shape or {}).items():
+                setattr(config, key, value)
+            self.tower = Idefics3VisionTransformer(config)
         self.tower.requires_grad_(not frozen)
         hidden = self.tower.config.hidden_size
-        self.head = torch.nn.Linear(2 * hidden, 2)
+        self.head = torch.nn.Linear(2 * hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(pool_patches(self.tower(pixel_values=x).last_hidden_state))
@@ -96,18 +107,36 @@ class VisionTowerHead(torch.nn.Module):
 LEARNERS = ("cnn", "tower", "tower-pretrained", "tower-frozen")
 
 
-def learner(name: str, model: str) -> torch.nn.Module:
+def learner(name: str, model: str, classes: int = 2, shape: dict | None = None) -> torch.nn.Module:
     if name == "cnn":
-        return cnn()
-    return VisionTowerHead(model, weights_from=name != "tower", frozen=name == "tower-frozen")
+        return cnn(classes)
+    return VisionTowerHead(model, weights_from=name != "tower", frozen=name == "tower-frozen", classes=classes,
+                           shape=shape)
+
+
+TOWER_KEYS = ("patch_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def tower_shape(text: str) -> dict:
+    """``patch_size=8,num_hidden_layers=4`` → a dict of the vision config's keys (whole numbers)."""
+    shape = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in TOWER_KEYS or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--tower-shape takes key=whole number pairs of {', '.join(TOWER_KEYS)}, got {item!r}")
+        shape[key] = int(value)
+    return shape
 
 
 def fit_and_score(train_x, train_y, test_x, test_y, epochs: int, seed: int, name: str = "cnn",
-                  model: str = "", lr: float = 2e-3) -> dict:
+                  model: str = "", lr: float = 2e-3, classes: int = 2, test_phases: np.ndarray | None = None,
+                  shape: dict | None = None) -> dict:
+    """Train on the labelled training states, score on the labelled test states (and by ball phase when
+    ``test_phases`` is given)."""
     torch.manual_seed(seed)
     keep, keep_test = train_y >= 0, test_y >= 0
     x, y = torch.from_numpy(train_x[keep]), torch.from_numpy(train_y[keep])
-    net = learner(name, model)
+    net = learner(name, model, classes, shape)
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr)
     for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
@@ -120,9 +149,14 @@ def fit_and_score(train_x, train_y, test_x, test_y, epochs: int, seed: int, name
         tx = torch.from_numpy(test_x[keep_test])
         pred = torch.cat([net(b.float() / 255).argmax(-1) for b in tx.split(256)]).numpy()
     truth = test_y[keep_test]
-    return {"accuracy": round(float(np.mean(pred == truth)), 4),
-            "majority": round(float(max(np.mean(truth == 0), np.mean(truth == 1))), 4),
-            "train_states": int(keep.sum()), "test_states": int(keep_test.sum())}
+    report = {"accuracy": round(float(np.mean(pred == truth)), 4),
+              "majority": round(float(max(np.mean(truth == c) for c in range(classes))), 4),
+              "train_states": int(keep.sum()), "test_states": int(keep_test.sum())}
+    if test_phases is not None:
+        phases = test_phases[keep_test]
+        report["by_phase"] = {ph: round(float(np.mean(pred[phases == ph] == truth[phases == ph])), 4)
+                              for ph in GAME.phases if (phases == ph).any()}
+    return report
 
 
 def main() -> None:
@@ -139,7 +173,11 @@ def main() -> None:
                              "tower-frozen: the built model's tower kept as it is (a linear probe of its features)")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     parser.add_argument("--questions", default="vertical,horizontal",
-                        help=f"which directions to learn, of {','.join(QUESTIONS)}")
+                        help=f"what to learn, some of {','.join(QUESTIONS)} (action: the teacher's decision, "
+                             "scored by ball phase too)")
+    parser.add_argument("--tower-shape", default="",
+                        help="with --learner tower: change the tower's shape from the model's, e.g. "
+                             f"patch_size=8,num_hidden_layers=4 (keys: {', '.join(TOWER_KEYS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
@@ -148,6 +186,12 @@ def main() -> None:
         parser.error(f"--questions must name some of {','.join(QUESTIONS)}, got {args.questions!r}")
     if args.epochs < 1 or args.lr <= 0:
         parser.error("--epochs must be at least 1 and --lr positive")
+    try:
+        shape = tower_shape(args.tower_shape)
+    except ValueError as err:
+        parser.error(str(err))
+    if shape and args.learner != "tower":
+        parser.error("--tower-shape changes a random-init tower: use it with --learner tower")
     parts = {name: Path(args.data_dir) / f"{name}-{n}" / "episodes"
              for name, n in (("train", args.train_episodes), ("test", args.test_episodes))}
     for path in parts.values():
@@ -156,14 +200,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     observation = ObservationConfig(**recorded_observation(args.model))
-    (train_x, train_y), (test_x, test_y) = (images_and_labels(p, observation) for p in parts.values())
+    (train_x, train_y, _), (test_x, test_y, test_phases) = (images_and_labels(p, observation)
+                                                            for p in parts.values())
     print(f"{len(train_x)} training and {len(test_x)} test images in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     report = {"model": args.model, "observation": observation.__dict__, "epochs": args.epochs,
-              "learner": args.learner, "lr": args.lr}
+              "learner": args.learner, "lr": args.lr, "tower_shape": shape}
     for q in questions:
         report[q] = fit_and_score(train_x, train_y[q], test_x, test_y[q], args.epochs, args.seed,
-                                  args.learner, args.model, args.lr)
+                                  args.learner, args.model, args.lr, len(QUESTIONS[q]),
+                                  test_phases if q == "action" else None, shape)
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
 
