@@ -199,7 +199,7 @@ def model_predictions(checkpoint: str, test_dir: Path, limit: int | None = None)
 
 
 def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float, batch_size: int = 32,
-                balance: bool = True, lora: bool = False) -> dict:
+                balance: bool = True, lora: bool = False, vision_head_weight: float = 0.0) -> dict:
     from trl import ModelConfig, SFTConfig
 
     from vlmrl.cli import parse
@@ -210,7 +210,8 @@ def train_epoch(base: str, reflections: Path, out: Path, seed: int, lr: float, b
         "--num_train_epochs", "1", "--per_device_train_batch_size", str(batch_size), "--learning_rate", str(lr),
         "--lr_scheduler_type", "constant", "--balance_actions", str(balance).lower(), "--report_to", "none",
         "--save_strategy", "no", "--seed", str(seed), "--logging_steps", "50",
-        *(["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"] if lora else [])], defaults=cpu_defaults())
+        *(["--use_peft", "true", "--lora_r", "16", "--lora_alpha", "32"] if lora else []),
+        *(["--vision_head_weight", str(vision_head_weight)] if vision_head_weight else [])], defaults=cpu_defaults())
     return train(script, training, model_args)
 
 
@@ -229,6 +230,9 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true",
                         help="fine-tune LoRA adapters (r 16, alpha 32, train.py's targets; merged after each pass) "
                         "instead of every weight")
+    parser.add_argument("--vision-head-weight", type=float, default=0.0,
+                        help="train.py's --vision-head-weight: a linear head on the vision tower also answers each "
+                             "label, its loss times this weight added (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-model", action="store_true", help="only the RAM ceilings")
     parser.add_argument("--skip-ram", action="store_true", help="only the model (no RAM ceilings)")
@@ -239,6 +243,8 @@ def main() -> None:
         suffix = use_teacher(args.teacher)
     except ValueError as err:
         parser.error(str(err))
+    if args.vision_head_weight < 0 or (args.vision_head_weight and args.lora):
+        parser.error("--vision-head-weight must be >= 0, and cannot go with --lora (which freezes the tower)")
     if args.threads:
         torch.set_num_threads(args.threads)
     collector = args.collect_model or args.model
@@ -251,6 +257,7 @@ def main() -> None:
             collect_states(collector, part, episodes, seed)
         parts[name] = part
     report: dict = {"model": args.model, "lr": args.lr, "batch_size": args.batch_size, "lora": args.lora,
+                    "vision_head_weight": args.vision_head_weight,
                     "balanced": not args.no_balance, "collect_model": collector,
                     "teacher": args.teacher or "the game's oracle", "data_s": round(time.perf_counter() - start, 1),
                     "load_average_1m": os.getloadavg()[0]}
@@ -269,12 +276,14 @@ def main() -> None:
         current = args.model
         for epoch in range(1, args.epochs + 1):
             variant = (f"seed{args.seed}-lr{args.lr:g}-b{args.batch_size}{'-unbalanced' if args.no_balance else ''}"
-                       f"{'-lora' if args.lora else ''}")
+                       f"{'-lora' if args.lora else ''}"
+                       f"{f'-vh{args.vision_head_weight:g}' if args.vision_head_weight else ''}")
             out = cache / f"ft-{model_key(args.model)}-{variant}{suffix}" / f"epoch_{epoch}"
             t = time.perf_counter()
             if not (out / "train_metrics.json").exists():
                 metrics = train_epoch(current, label_states(parts["train"], args.model, suffix), out, args.seed,
-                                      args.lr, args.batch_size, not args.no_balance, args.lora)
+                                      args.lr, args.batch_size, not args.no_balance, args.lora,
+                                      args.vision_head_weight)
             else:
                 metrics = json.loads((out / "train_metrics.json").read_text())
             entry = {"epoch": epoch, "train_s": round(time.perf_counter() - t, 1), "samples": metrics["samples"],

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from trl import ModelConfig, SFTConfig
 
 import vlmrl.collection as collection
@@ -173,3 +174,66 @@ def test_a_fixed_budget_draws_the_same_number_of_samples_whatever_the_pool():
     assert not (draw_budget([100, 40], None, 50, 0.5, seed=3) == draw_budget([100, 40], None, 50, 0.5, seed=4)).all()
     only = draw_budget([40], None, 30, 0.5, seed=0)  # a single dataset gives the whole budget, without repeats
     assert len(only) == 30 and len(set(only.tolist())) == 30
+
+
+def test_the_vision_head_trains_the_tower_and_leaves_a_plain_checkpoint(tmp_path, tiny_model, reflections):
+    from safetensors.torch import load_file
+
+    plain, headed = tmp_path / "plain", tmp_path / "headed"
+    common = ("--num_train_epochs", "1", "--save_strategy", "no", "--seed", "3")
+    train(*_args(_base_argv(tiny_model, reflections, plain, *common)))
+    metrics = train(*_args(_base_argv(tiny_model, reflections, headed, *common, "--vision_head_weight", "2")))
+    assert metrics["vision_head_weight"] == 2.0
+    a, b = load_file(plain / "model.safetensors"), load_file(headed / "model.safetensors")
+    assert a.keys() == b.keys()  # the head is not saved: the checkpoint is the plain model
+    tower = [k for k in a if "vision_model" in k]
+    assert tower and any(not torch.equal(a[k], b[k]) for k in tower)  # the head's loss reached the tower
+    from vlmrl.data import meta_path
+    from vlmrl.training import MANIFEST
+
+    assert json.loads(meta_path(headed, MANIFEST).read_text())["vision_head_weight"] == 2.0
+
+
+def test_the_vision_head_reads_the_action_named_in_each_answer(tiny_model):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmrl.vision_head import HEAD_NAME, VisionActionHead, action_token_classes
+
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    game = get_game("ALE/Pong-v5")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model)
+    head = VisionActionHead(model, processor.tokenizer, game, 1.0)
+    assert hasattr(model, HEAD_NAME)
+    table = action_token_classes(processor.tokenizer, game)
+    token = {index: tok for tok, index in table.items()}
+    left, noop = game.actions.index("LEFT"), game.actions.index("NOOP")
+    brace = processor.tokenizer("{", add_special_tokens=False)["input_ids"][0]
+    labels = torch.tensor([[-100, -100, brace, token[left], token[noop]],
+                           [-100, token[noop], brace, -100, -100]])
+    assert head.targets(labels).tolist() == [left, noop]  # the first action token after the prompt
+    with pytest.raises(ValueError, match="names no action"):
+        head.targets(torch.tensor([[-100, brace], [-100, token[noop]]]))
+    head.detach(model)
+    assert not hasattr(model, HEAD_NAME)
+
+
+def test_action_names_sharing_a_first_token_are_refused():
+    from vlmrl.vision_head import action_token_classes
+
+    class Letters:  # a tokenizer that spells names letter by letter: RIGHT and RIGHTFIRE both begin with R
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    class TwoActions:
+        actions = ["RIGHT", "RIGHTFIRE"]
+
+    with pytest.raises(ValueError, match="begin with the same token"):
+        action_token_classes(Letters(), TwoActions())
+
+
+def test_the_vision_head_is_refused_with_lora_or_a_negative_weight(tmp_path, tiny_model, reflections):
+    for extra, message in ((["--vision_head_weight", "1", "--use_peft", "true"], "LoRA leaves frozen"),
+                           (["--vision_head_weight", "-1"], "must be >= 0")):
+        result = _run_train(*_base_argv(tiny_model, reflections, tmp_path / "o", *extra))
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "o").exists()

@@ -53,6 +53,12 @@ class TrainScriptArguments(ObservationArguments):
                           "(answer keys from their perception_answers column), so the tuned model still answers "
                           "the vision probe and can reflect grounded; 0: none"},
     )
+    vision_head_weight: float = field(
+        default=0.0,
+        metadata={"help": "also train a linear head on the vision tower's pooled features to answer each sample's "
+                          "corrected action (the action named in its answer), its loss times this weight added to the "
+                          "language model's; the head is dropped before saving; 0: off"},
+    )
     newest_share: float = field(
         default=0.5,
         metadata={"help": "with --sample-budget: the share of the samples drawn from the last reflections dataset "
@@ -72,6 +78,8 @@ class TrainScriptArguments(ObservationArguments):
             raise ValueError(f"--sample-budget must be >= 1, got {self.sample_budget}")
         if not 0.0 <= self.newest_share <= 1.0:
             raise ValueError(f"--newest-share must be in [0, 1], got {self.newest_share}")
+        if not self.vision_head_weight >= 0.0:
+            raise ValueError(f"--vision-head-weight must be >= 0, got {self.vision_head_weight}")
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise ValueError(f"--rehearsal-share must be in [0, 1), got {self.rehearsal_share}")
         self.observation_config()
@@ -209,6 +217,8 @@ def validate_training_args(script_args: TrainScriptArguments, training_args, mod
         raise ValueError(f"--learning_rate must be >= 0, got {training_args.learning_rate}")
     if not script_args.reflections:
         raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
+    if script_args.vision_head_weight and model_args.use_peft:
+        raise ValueError("--vision-head-weight trains the vision tower, which LoRA leaves frozen: use one or the other")
 
 
 def train_settings(script_args: TrainScriptArguments, training_args, model_args) -> dict:
@@ -219,6 +229,8 @@ def train_settings(script_args: TrainScriptArguments, training_args, model_args)
         settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
     settings.update({k: getattr(training_args, k) for k in _RECORDED_HYPER})
     settings["balance_actions"] = script_args.balance_actions
+    if script_args.vision_head_weight:  # (absent from the records of runs without the head)
+        settings["vision_head_weight"] = script_args.vision_head_weight
     return settings
 
 
@@ -323,12 +335,20 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
 
     PartialState().wait_for_everyone()
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    trainer = SFTTrainer(
+    head = None
+    trainer_class = SFTTrainer
+    if script_args.vision_head_weight:
+        from vlmrl.vision_head import VisionActionHead, with_vision_head
+
+        head = VisionActionHead(model, processor.tokenizer, get_game(script_args.game), script_args.vision_head_weight)
+        trainer_class = with_vision_head(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         args=training_args,
         train_dataset=dataset,
         processing_class=processor,
         peft_config=peft_config,
+        **({"vision_head": head} if head is not None else {}),
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
@@ -337,6 +357,8 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         raise ValueError("training took no optimizer step (too few samples for one batch?); no checkpoint written")
     if peft_config is not None:
         trainer.model = trainer.model.merge_and_unload()  # a plain checkpoint every phase can load
+    if head is not None:
+        head.detach(trainer.model)  # the checkpoint is the plain model
     trainer.model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
 
@@ -354,6 +376,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         "samples_per_s": result.metrics.get("train_samples_per_second"),
         "resumed_from": last,
         "lora": peft_config is not None,
+        "vision_head_weight": script_args.vision_head_weight,
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)
