@@ -36,6 +36,9 @@ REFLECTOR ?=
 ADVANTAGE ?=
 # LORA=1: each iteration fine-tunes LoRA adapters (r 16, alpha 32), merged into its checkpoint, not every weight.
 LORA ?=
+# VISION_HEAD=1: while training, a linear head on the vision tower also learns each corrected action, its loss
+# times this weight added (train.py --vision-head-weight; the head is dropped before saving).
+VISION_HEAD ?=
 OUTCOME ?=
 REHEARSAL_SHARE ?=
 # The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
@@ -64,7 +67,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
 	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) $(if $(ADVANTAGE),--advantage $(ADVANTAGE)) \
-	$(if $(LORA),--lora $(LORA)) \
+	$(if $(LORA),--lora $(LORA)) $(if $(VISION_HEAD),--vision-head $(VISION_HEAD)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,

@@ -110,6 +110,8 @@ def test_a_reflector_other_than_the_oracle_collects_without_oracle_play(tmp_path
     train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"lora": "1"})
     assert train[train.index("--use_peft") + 1] == "1"
     assert "--use_peft" not in phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={})
+    train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"vision_head": "0.5"})
+    assert train[train.index("--vision-head-weight") + 1] == "0.5"
 
 
 def _make(tmp_path, recipe, *targets, **variables):

@@ -127,7 +127,8 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
                "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
-                      sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft")
+                      sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft",
+                      vision_head="--vision-head-weight")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
@@ -328,6 +329,8 @@ def _add_knobs(p) -> None:
          "those with a positive return"),
         ("--lora", "fine-tune LoRA adapters (1; TRL's r 16, alpha 32 on the attention and MLP projections, merged "
          "into each checkpoint) instead of every weight"),
+        ("--vision-head", "weight of a linear head on the vision tower that also learns each corrected action while "
+         "training (train.py --vision-head-weight; dropped before saving)"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")
