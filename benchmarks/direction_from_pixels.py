@@ -8,6 +8,11 @@ answer at all: a small CNN, trained from scratch on the same motion images the m
 observation: crop, encoding, size, resampling), predicts each direction from pixels alone. Frames come from
 ``--data-dir``'s recorded episodes (``benchmarks/supervised_ceiling.py`` collects them), training and test
 states from different episodes; labels from the RAM (``Pong.scene``, the probe's own answer key).
+
+``--questions action`` asks instead for the teacher's own decision (up, down or stay), scored by ball phase:
+can the pixels, through this learner, give what the loop imitates? ``--learner tower-frozen --model
+<checkpoint>`` then says how much of it a fine-tuned checkpoint's vision tower holds (README, *What the tower
+learns in the loop*).
 """
 
 from __future__ import annotations
