@@ -68,7 +68,7 @@ class VisionActionHead:
         """Each row's action index: the first answer token (a label that is not -100) that begins an action
         name (the tiny recipe's answer is ``{"action": "NOOP"}``)."""
         ids = torch.tensor(list(self.classes), device=labels.device)
-        is_action = torch.isin(labels, ids) & (labels != -100)
+        is_action = torch.isin(labels, ids)  # (token ids are >= 0: the masked prompt's -100 is never one)
         if not is_action.any(1).all():
             raise ValueError("--vision-head-weight: a training answer names no action (the head learns the "
                              "corrected action named in each answer)")
