@@ -80,6 +80,30 @@ def test_phase_commands_chain_the_iterations(tmp_path):
         collect2.index("--model") + 1] == str(exp / "iteration_1" / "checkpoint")
 
 
+def test_every_phase_is_told_the_recipes_game(tmp_path):
+    # A Breakout recipe whose train.yaml leaves the game out once trained with Pong's action classes.
+    recipe = tmp_path / "recipe"
+    shutil.copytree(ROOT / "recipes" / "tiny-smolvlm" / "breakout", recipe)
+    train_yaml = recipe / "train.yaml"
+    train_yaml.write_text("\n".join(line for line in train_yaml.read_text().splitlines()
+                                     if not line.startswith("game:")))
+    exp = tmp_path / "exp"
+    for phase, k in (("collect", 1), ("reflect", 1), ("train", 1), ("evaluate", 0), ("evaluate", 1)):
+        cmd = phase_command(phase, exp_dir=exp, recipe=recipe, k=k, overrides={})
+        assert cmd[cmd.index("--game") + 1] == "ALE/Breakout-v5", phase
+
+
+def test_a_phase_naming_another_game_is_refused(tmp_path):
+    from vlmrl.experiment import recipe_settings
+
+    recipe = _recipe(tmp_path, "base-model-path")
+    (recipe / "train.yaml").write_text((recipe / "train.yaml").read_text().replace("ALE/Pong-v5", "ALE/Breakout-v5"))
+    with pytest.raises(ValueError, match="train.yaml names game 'ALE/Breakout-v5'"):
+        recipe_settings(recipe)
+    cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "check", "--exp", "x", "--root", str(tmp_path),
+                          "--recipe", str(recipe), "--iterations", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2 and "one recipe plays one game" in cli.stderr
+
 
 def test_reflector_outcome_and_rehearsal_knobs_reach_their_phases(tmp_path):
     recipe = _recipe(tmp_path, "base-model-path")

@@ -50,6 +50,11 @@ def recipe_settings(recipe: str | Path) -> dict:
     if missing:
         raise FileNotFoundError(f"recipe folder {recipe} lacks {', '.join(missing)}")
     settings.setdefault("game", "ALE/Pong-v5")
+    for phase in PHASES:
+        named = (read_recipe(Path(recipe) / f"{phase}.yaml") or {}).get("game")
+        if named is not None and named != settings["game"]:
+            raise ValueError(f"recipe {recipe}: {phase}.yaml names game {named!r} but experiment.yaml names "
+                             f"{settings['game']!r}; one recipe plays one game")
     settings.setdefault("reflections_window", 1)
     observation = settings.setdefault("observation", {}) or {}
     unknown = set(observation) - set(OBSERVATION_KEYS)
@@ -141,7 +146,9 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
             cmd += ["--probe", "vision"]
     else:
         raise ValueError(f"unknown phase {phase!r}: one of {PHASES}")
-    return cmd + observation_flags(settings)
+    # Every phase is told the experiment's game: a phase YAML that leaves it out would otherwise fall back
+    # to Pong (a Breakout run once trained with Pong's action classes that way).
+    return cmd + ["--game", settings["game"]] + observation_flags(settings)
 
 
 def _flags(overrides: dict, **names: str) -> list[str]:

@@ -229,6 +229,7 @@ def train_settings(script_args: TrainScriptArguments, training_args, model_args)
         settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
     settings.update({k: getattr(training_args, k) for k in _RECORDED_HYPER})
     settings["balance_actions"] = script_args.balance_actions
+    settings["game"] = script_args.game  # its action classes balance the draw (absent from older records)
     if script_args.vision_head_weight:  # (absent from the records of runs without the head)
         settings["vision_head_weight"] = script_args.vision_head_weight
     return settings
