@@ -28,6 +28,7 @@ from datasets import load_dataset
 
 from vlmrl.cli import ArgumentParser, run
 from vlmrl.configs import CollectArguments, ReflectArguments
+from vlmrl.errors import UsageError
 from vlmrl.games import get_game
 from vlmrl.games.pong import GroundedRules, Pong, ball_phase
 from vlmrl.reflection import reflect
@@ -62,6 +63,10 @@ def _score(pairs: list[tuple[str, str, dict]]) -> dict:
     return {"accuracy": acc(pairs), "accuracy_toward": acc([p for p in pairs if p[2]["phase"] == "toward"]),
             "accuracy_model_steps": acc([p for p in pairs if not p[2]["teacher"]]), "n": len(pairs),
             "n_toward": sum(p[2]["phase"] == "toward" for p in pairs)}
+
+
+REFLECTORS = ("oracle", "self", "self_hindsight", "grounded_hindsight", "grounded_frozen_base", "grounded_ahead_2",
+              "self_imitation", "self_imitation_advantage")
 
 
 def _run(spec: str, episodes_dir: str, work: Path, rate: float, seed: int, facts: dict, **extra) -> dict:
@@ -106,10 +111,23 @@ def main() -> None:
     parser.add_argument("--teacher-mix", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=400, help="steps reflected on (the same sample for all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", action="store_true", help="also run the grounded mapping variants")
+    parser.add_argument("--variants", nargs="?", const="all", default=None,
+                        help="also run the grounded mapping variants: all, or a comma-separated list of their names")
+    parser.add_argument("--reflectors", default=None,
+                        help="comma-separated reflectors to run (names as in the output, e.g. "
+                             "grounded_frozen_base; default: all); the oracle always runs (the baselines' sample)")
+    parser.add_argument("--variant-reflector", default="grounded",
+                        help="the reflector the variants vary: grounded (the model that played) or grounded:<path>, "
+                             "e.g. the frozen base, as the loop's grounded runs reflect")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a loaded 2-core machine two threads ran a forward ~10x slower)")
     args = parser.parse_args()
+    if args.variants:
+        variant_plan(Pong.grounded_rules, args.variants)  # an unknown name is refused before anything runs
+    if args.reflectors is not None:
+        unknown = [n for n in args.reflectors.split(",") if n not in REFLECTORS]
+        if unknown:
+            raise UsageError(f"--reflectors: unknown {', '.join(unknown)}; known: {', '.join(REFLECTORS)}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -123,17 +141,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = dict(episodes_dir=args.episodes, work=work, rate=rate, seed=args.seed, facts=facts)
-        reflectors = {
-            "oracle": _run("oracle", **common),
-            "self": _run("self", **common, outcome="next"),
-            "self_hindsight": _run("self", **common, outcome="ball_at_paddle"),
-            "grounded_hindsight": _run("grounded", **common),
-            "grounded_frozen_base": _run(f"grounded:{args.model}", **common),
+        plan = {
+            "oracle": ("oracle", {}),
+            "self": ("self", {"outcome": "next"}),
+            "self_hindsight": ("self", {"outcome": "ball_at_paddle"}),
+            "grounded_hindsight": ("grounded", {}),
+            "grounded_frozen_base": (f"grounded:{args.model}", {}),
             # The two-step teacher's own hindsight: the ball's row two steps on.
-            "grounded_ahead_2": _run("grounded", **common, outcome="ahead", outcome_max_steps=2),
-            "self_imitation": _run("self-imitation", **common),
-            "self_imitation_advantage": _run("self-imitation", **common, advantage=True),
+            "grounded_ahead_2": ("grounded", {"outcome": "ahead", "outcome_max_steps": 2}),
+            "self_imitation": ("self-imitation", {}),
+            "self_imitation_advantage": ("self-imitation", {"advantage": True}),
         }
+        assert list(plan) == list(REFLECTORS)
+        chosen = list(plan) if args.reflectors is None else ["oracle", *args.reflectors.split(",")]
+        reflectors = {name: _run(plan[name][0], **common, **plan[name][1]) for name in dict.fromkeys(chosen)}
         oracle_dir = next(p for p in work.iterdir() if p.name.startswith("oracle"))
         reflectors.update(_baselines(oracle_dir, facts, args.seed))
         results["reflectors"] = reflectors
@@ -141,25 +162,40 @@ def main() -> None:
             variants = {}
             default = Pong.grounded_rules
             try:
-                for name, rules, extra in [
-                    ("outcome_point", default, {"outcome": "point"}),
-                    ("outcome_next", default, {"outcome": "next"}),
-                    ("margin_6", dataclasses.replace(default, margin=6.0), {}),
-                    ("margin_16", dataclasses.replace(default, margin=16.0), {}),
-                    ("margin_21", dataclasses.replace(default, margin=21.0), {}),
-                    ("no_momentum", dataclasses.replace(default, momentum=0.0), {}),
-                    ("keep_when_met", dataclasses.replace(default, keep_when_met=True), {}),
-                    ("margin_21_keep_when_met", dataclasses.replace(default, margin=21.0, keep_when_met=True), {}),
-                    ("one_direction_look", dataclasses.replace(default, direction_looks=1), {}),
-                    ("one_outcome_look", dataclasses.replace(default, outcome_looks=1), {}),
-                ]:
+                for name, rules, extra in variant_plan(default, args.variants):
                     Pong.grounded_rules = rules  # every phase's get_game makes a new Pong: set it on the class
-                    variants[name] = _run("grounded", **common, **extra)
+                    variants[name] = _run(args.variant_reflector, **common, **extra)
             finally:
                 Pong.grounded_rules = default
             results["grounded_variants"] = variants
         results["grounded_rules"] = dataclasses.asdict(GroundedRules())
     print(json.dumps(results))
+
+
+def variant_plan(default: GroundedRules, names: str) -> list[tuple[str, GroundedRules, dict]]:
+    """The grounded mapping variants (name, rules, reflect options): ``all`` or the named ones."""
+    plan = [
+        ("outcome_point", default, {"outcome": "point"}),
+        ("outcome_next", default, {"outcome": "next"}),
+        ("margin_6", dataclasses.replace(default, margin=6.0), {}),
+        ("margin_16", dataclasses.replace(default, margin=16.0), {}),
+        ("margin_21", dataclasses.replace(default, margin=21.0), {}),
+        ("no_momentum", dataclasses.replace(default, momentum=0.0), {}),
+        ("keep_when_met", dataclasses.replace(default, keep_when_met=True), {}),
+        ("margin_21_keep_when_met", dataclasses.replace(default, margin=21.0, keep_when_met=True), {}),
+        ("one_direction_look", dataclasses.replace(default, direction_looks=1), {}),
+        ("one_outcome_look", dataclasses.replace(default, outcome_looks=1), {}),
+        ("expected_rows", dataclasses.replace(default, expected_rows=True), {}),
+        ("hard_rows", dataclasses.replace(default, expected_rows=False), {}),
+    ]
+    if names == "all":
+        return plan
+    known = {name for name, _, _ in plan}
+    wanted = names.split(",")
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise UsageError(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return [v for v in plan if v[0] in wanted]
 
 
 if __name__ == "__main__":

@@ -132,6 +132,42 @@ def test_the_ball_meeting_the_paddle_keeps_the_action_taken():
     assert grounded_correction(met, GroundedRules())[0] == "up"
 
 
+def test_expected_rows_read_between_buckets():
+    # Paddle at bucket 8 (centre row 85); the ball arrives at bucket 7 (75): within the margin of 11.
+    answers = _answers(arrival="<y7>")
+    assert grounded_correction(answers, GroundedRules(expected_rows=False))[0] == "stay"
+    # The reader hesitated: mean buckets 8.4 for the paddle, 6.9 for the arrival: 15 rows apart, move up.
+    answers.now["paddle_row_expected"] = answers.before["paddle_row_expected"] = 8.4
+    answers.outcome[0]["ball_row_expected"] = 6.9
+    assert grounded_correction(answers, GroundedRules(expected_rows=True))[0] == "up"
+    assert grounded_correction(answers, GroundedRules(expected_rows=False))[0] == "stay"
+    # A piece that is no bucket (no ball) is never replaced by a mean.
+    answers.outcome[0].update(ball_row="<noball>", above_below="<noball>")
+    assert grounded_correction(answers, GroundedRules(expected_rows=True))[0] == "stay"
+
+
+def test_read_captions_means_weigh_the_numbered_pieces_only(monkeypatch):
+    import torch
+
+    def fake_scores(model, processor, prefixes, images, pieces):
+        scores = torch.full((len(images), len(pieces)), -30.0)
+        for k, piece in enumerate(pieces):
+            if piece in ("<y4>", "<y5>", "<p9>"):
+                scores[:, k] = -0.7  # two row buckets equally likely; one paddle bucket
+            if piece == "<noball>":
+                scores[:, k] = -0.5  # likelier than any bucket: chosen, but not part of the mean
+        return scores
+
+    monkeypatch.setattr(grounding, "score_continuations", fake_scores)
+    monkeypatch.setattr(grounding, "_chat", lambda processor, text, observation: "Caption?")
+    (caption,) = grounding.read_captions(None, None, MOTION, [[None]], PONG, slots=4, expected=True)
+    assert caption["ball_row"] == "<noball>" and caption["ball_row_expected"] == pytest.approx(4.5, abs=1e-3)
+    assert caption["paddle_row"] == "<p9>" and caption["paddle_row_expected"] == pytest.approx(9.0, abs=1e-3)
+    assert "above_below_expected" not in caption
+    (plain,) = grounding.read_captions(None, None, MOTION, [[None]], PONG, slots=4)
+    assert not any(k.endswith("_expected") for k in plain)
+
+
 def test_an_outcome_without_the_ball_falls_back_to_the_look_before_it():
     answers = _answers()
     answers.outcome = [{"above_below": "<noball>", "ball_row": "<noball>", "paddle_row": "<p8>"},
@@ -149,7 +185,7 @@ def test_the_grounded_reflector_asks_about_the_step_the_later_steps_and_the_outc
     frames = {name: [_frame(i), _frame(i + 10)] for i, name in enumerate(("now", "before", "out", "out1", "t1", "t2"))}
     asked = []
 
-    def fake_captions(model, processor, observation, images, game, slots=None):
+    def fake_captions(model, processor, observation, images, game, slots=None, expected=False):
         asked.append(("caption", len(images), slots))
         arrival = {"above_below": " above", "ball_row": "<y2>", "paddle_row": "<p8>"}
         return [dict(_answers().now) if slots is None else ({"paddle_row": "<p8>", **arrival}) for _ in images]
@@ -186,7 +222,11 @@ def test_the_grounded_reflector_reads_a_real_model_on_rendered_frames(tiny_model
                           outcome_frames=[[_frame(5), _frame(6)]] * 2)
     (answers,) = reflector.answers([item])
     slots = dict(PONG.caption_slots)
-    assert all(piece in slots[name] for name, piece in answers.now.items()) and len(answers.now) == 6
+    assert all(answers.now[name] in pieces for name, pieces in slots.items())
+    # The row and column slots also carry the mean bucket under the model's probabilities.
+    means = {k: v for k, v in answers.now.items() if k.endswith("_expected")}
+    assert set(means) == {"ball_row_expected", "ball_col_expected", "paddle_row_expected"}
+    assert all(0.0 <= v <= 15.0 for v in means.values())
     assert len(answers.outcome) == 2 and len(answers.directions) == 3
     (reflection,) = reflector.reflect([item])
     assert reflection.correct_action in PONG.class_actions.values()
@@ -317,3 +357,13 @@ def test_the_recorded_horizon_is_what_applies_so_older_records_still_match(tmp_p
     assert recorded_settings(args(reflector="grounded"))["outcome_max_steps"] is None
     assert args(reflector="grounded", outcome="ball_at_paddle").hindsight() == ("ball_at_paddle", 100)
     assert args(reflector="grounded", outcome="ahead", outcome_max_steps=5).hindsight() == ("ahead", 5)
+
+
+def test_a_grounded_reflection_records_the_rules_it_applied(tmp_path):
+    from vlmrl.reflection import recorded_settings
+
+    args = ReflectArguments(episodes=str(tmp_path / "e"), reflector="grounded:some/base",
+                            output_dir=str(tmp_path / "r"))
+    assert recorded_settings(args)["grounded_rules"]["expected_rows"] is True
+    oracle = ReflectArguments(episodes=str(tmp_path / "e"), reflector="oracle", output_dir=str(tmp_path / "r"))
+    assert "grounded_rules" not in recorded_settings(oracle)

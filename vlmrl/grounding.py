@@ -13,7 +13,10 @@ is the option the model finds most likely, never generated text):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+import torch
 
 from vlmrl.games import Game, Question
 from vlmrl.observation import ObservationConfig
@@ -38,18 +41,34 @@ def ask(
     return answers
 
 
+_NUMBERED = re.compile(r"^<[a-z]+(\d+)>$")  # a numbered piece, e.g. a row bucket "<y7>"
+
+
 def read_captions(
-    model, processor, observation: ObservationConfig, images: list[list], game: Game, slots: int | None = None
-) -> list[dict[str, str]]:
-    """Each observation's caption, ``[{slot name: piece}]``: the first ``slots`` slots (default all)."""
+    model, processor, observation: ObservationConfig, images: list[list], game: Game, slots: int | None = None,
+    expected: bool = False,
+) -> list[dict]:
+    """Each observation's caption, ``[{slot name: piece}]``: the first ``slots`` slots (default all).
+
+    With ``expected``, a slot of numbered pieces (row and column buckets) also gets ``<slot>_expected``:
+    the mean bucket number under the model's probabilities over those pieces alone, a reading finer than
+    one bucket where the model hesitates between neighbours (the chosen piece is still the likeliest).
+    """
     if not game.caption_prompt or not game.caption_slots:
         raise ValueError(f"no perception caption is known for {game.name}; the grounded reflector reads one")
     chat = _chat(processor, game.caption_prompt, observation)
     prefixes = [chat] * len(images)
-    captions: list[dict[str, str]] = [{} for _ in images]
+    captions: list[dict] = [{} for _ in images]
     for name, pieces in game.caption_slots[:slots]:
         scores = score_continuations(model, processor, prefixes, images, list(pieces))
+        numbered = [(k, int(m.group(1))) for k, piece in enumerate(pieces) if (m := _NUMBERED.match(piece))]
+        if expected and numbered:
+            columns = torch.tensor([k for k, _ in numbered])
+            weights = torch.softmax(scores[:, columns].float(), dim=-1)
+            means = (weights * torch.tensor([n for _, n in numbered], dtype=torch.float32)).sum(-1).tolist()
         for i, best in enumerate(scores.argmax(dim=-1).tolist()):
             captions[i][name] = pieces[best]
             prefixes[i] += pieces[best]
+            if expected and numbered:
+                captions[i][f"{name}_expected"] = round(means[i], 3)
     return captions

@@ -340,6 +340,12 @@ def recorded_settings(args: ReflectArguments) -> dict:
                 if k not in ("push_to_hub", "progress", "batch_size", "output_dir")}
     outcome, steps = args.hindsight()
     settings["outcome_max_steps"] = None if outcome == "ahead" and args.outcome_max_steps is None else steps
+    if args.reflector.startswith("grounded"):  # the game's rules turn the answers into actions: part of the method
+        from vlmrl.games import get_game
+
+        rules = getattr(get_game(args.game), "grounded_rules", None)
+        if rules is not None:
+            settings["grounded_rules"] = asdict(rules)
     return settings
 
 

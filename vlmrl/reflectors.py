@@ -193,16 +193,18 @@ class GroundedReflector:
         from vlmrl.grounding import ask, read_captions
 
         obs, game, n = self.observation, self.game, len(items)
-        now = read_captions(self.model, self.processor, obs, [self._encode(i.frames) for i in items], game)
+        soft = self.rules.expected_rows
+        now = read_captions(self.model, self.processor, obs, [self._encode(i.frames) for i in items], game,
+                            expected=soft)
         # Only the paddle's row is used from the other captions: four slots (it is the fourth).
         before = read_captions(self.model, self.processor, obs,
-                               [self._encode(i.prev_frames or i.frames) for i in items], game, slots=4)
+                               [self._encode(i.prev_frames or i.frames) for i in items], game, slots=4, expected=soft)
         outcome: list[list[dict]] = [[] for _ in items]
         for k in range(self.outcome_views):
             views = [(j, i.outcome_frames[k]) for j, i in enumerate(items) if len(i.outcome_frames) > k]
             if views:
                 read = read_captions(self.model, self.processor, obs, [self._encode(f) for _, f in views], game,
-                                     slots=4)
+                                     slots=4, expected=soft)
                 for (j, _), caption in zip(views, read, strict=True):
                     outcome[j].append(caption)
         directions: list[list[str]] = [[] for _ in items]
