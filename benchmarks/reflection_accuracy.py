@@ -178,6 +178,7 @@ def variant_plan(default: GroundedRules, names: str) -> list[tuple[str, Grounded
         ("outcome_point", default, {"outcome": "point"}),
         ("outcome_next", default, {"outcome": "next"}),
         ("margin_6", dataclasses.replace(default, margin=6.0), {}),
+        ("margin_14", dataclasses.replace(default, margin=14.0), {}),
         ("margin_16", dataclasses.replace(default, margin=16.0), {}),
         ("margin_21", dataclasses.replace(default, margin=21.0), {}),
         ("no_momentum", dataclasses.replace(default, momentum=0.0), {}),
