@@ -65,8 +65,19 @@ def _score(pairs: list[tuple[str, str, dict]]) -> dict:
             "n_toward": sum(p[2]["phase"] == "toward" for p in pairs)}
 
 
-REFLECTORS = ("oracle", "self", "self_hindsight", "grounded_hindsight", "grounded_frozen_base", "grounded_ahead_2",
-              "self_imitation", "self_imitation_advantage")
+def reflector_plan(model: str) -> dict[str, tuple[str, dict]]:
+    """Each reflector measured: its name in the output -> (the reflector spec, reflect options)."""
+    return {
+        "oracle": ("oracle", {}),
+        "self": ("self", {"outcome": "next"}),
+        "self_hindsight": ("self", {"outcome": "ball_at_paddle"}),
+        "grounded_hindsight": ("grounded", {}),
+        "grounded_frozen_base": (f"grounded:{model}", {}),
+        # The two-step teacher's own hindsight: the ball's row two steps on.
+        "grounded_ahead_2": ("grounded", {"outcome": "ahead", "outcome_max_steps": 2}),
+        "self_imitation": ("self-imitation", {}),
+        "self_imitation_advantage": ("self-imitation", {"advantage": True}),
+    }
 
 
 def _run(spec: str, episodes_dir: str, work: Path, rate: float, seed: int, facts: dict, **extra) -> dict:
@@ -124,10 +135,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.variants:
         variant_plan(Pong.grounded_rules, args.variants)  # an unknown name is refused before anything runs
+    plan = reflector_plan(args.model)
     if args.reflectors is not None:
-        unknown = [n for n in args.reflectors.split(",") if n not in REFLECTORS]
+        unknown = [n for n in args.reflectors.split(",") if n not in plan]
         if unknown:
-            raise UsageError(f"--reflectors: unknown {', '.join(unknown)}; known: {', '.join(REFLECTORS)}")
+            raise UsageError(f"--reflectors: unknown {', '.join(unknown)}; known: {', '.join(plan)}")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -141,18 +153,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = dict(episodes_dir=args.episodes, work=work, rate=rate, seed=args.seed, facts=facts)
-        plan = {
-            "oracle": ("oracle", {}),
-            "self": ("self", {"outcome": "next"}),
-            "self_hindsight": ("self", {"outcome": "ball_at_paddle"}),
-            "grounded_hindsight": ("grounded", {}),
-            "grounded_frozen_base": (f"grounded:{args.model}", {}),
-            # The two-step teacher's own hindsight: the ball's row two steps on.
-            "grounded_ahead_2": ("grounded", {"outcome": "ahead", "outcome_max_steps": 2}),
-            "self_imitation": ("self-imitation", {}),
-            "self_imitation_advantage": ("self-imitation", {"advantage": True}),
-        }
-        assert list(plan) == list(REFLECTORS)
         chosen = list(plan) if args.reflectors is None else ["oracle", *args.reflectors.split(",")]
         reflectors = {name: _run(plan[name][0], **common, **plan[name][1]) for name in dict.fromkeys(chosen)}
         oracle_dir = next(p for p in work.iterdir() if p.name.startswith("oracle"))

@@ -439,11 +439,16 @@ class GroundedRules:
     expected_rows: bool = True
 
 
+def _row_of_bucket(bucket: float) -> float:
+    """The centre row (cropped playfield pixels) of a row bucket number, whole or a mean between buckets."""
+    return bucket * PLAYFIELD_HEIGHT / BUCKETS + PLAYFIELD_HEIGHT / BUCKETS / 2
+
+
 def _bucket_centre(piece: str | None) -> float | None:
     """The centre row (cropped playfield pixels) of a caption's row piece ("<y7>", "<p3>"); None for none."""
     if not piece or not piece.startswith(("<y", "<p")):
         return None
-    return int(piece[2:-1]) * PLAYFIELD_HEIGHT / BUCKETS + PLAYFIELD_HEIGHT / BUCKETS / 2
+    return _row_of_bucket(int(piece[2:-1]))
 
 
 def _row(caption: dict, slot: str, expected: bool) -> float | None:
@@ -453,7 +458,7 @@ def _row(caption: dict, slot: str, expected: bool) -> float | None:
     mean = caption.get(f"{slot}_expected")
     if not expected or centre is None or mean is None:
         return centre
-    return float(mean) * PLAYFIELD_HEIGHT / BUCKETS + PLAYFIELD_HEIGHT / BUCKETS / 2
+    return _row_of_bucket(float(mean))
 
 
 def grounded_correction(answers: GroundedAnswers, rules: GroundedRules) -> tuple[str, str]:
