@@ -215,6 +215,11 @@ def test_question_weights_reach_the_pretraining_and_bad_ones_exit_2(tmp_path, mo
     with pytest.raises(SystemExit) as exit_info:
         main(["--output-dir", str(tmp_path / "x"), "--vision-warmup-steps", "-1"])
     assert exit_info.value.code == 2 and "vision_warmup_steps" in capsys.readouterr().err
+    # two games share the warm-up's questions: its default steps per game, unless given (0 included)
+    main(["--output-dir", str(tmp_path / "g"), "--threads", "0", "--games", "pong,breakout"])
+    main(["--output-dir", str(tmp_path / "g0"), "--threads", "0", "--games", "pong,breakout",
+          "--vision-warmup-steps", "0"])
+    assert seen[3].vision_warmup_steps == 2 * PretrainConfig().vision_warmup_steps and seen[4].vision_warmup_steps == 0
 
 
 # --- the default build is Pong's, as it always was; a build may see several games -------------------------------

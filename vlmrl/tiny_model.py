@@ -589,9 +589,9 @@ def main(argv: list[str] | None = None) -> None:
         f"(questions not named weigh 1; default {_weights_text(defaults.question_weights)})",
     )
     parser.add_argument(
-        "--vision-warmup-steps", type=int, default=defaults.vision_warmup_steps,
+        "--vision-warmup-steps", type=int, default=None,
         help="steps teaching the vision tower alone the probe's questions (linear answers on its features, "
-        "dropped afterwards) before the captions (default %(default)s)",
+        f"dropped afterwards) before the captions (default {defaults.vision_warmup_steps} per game in --games)",
     )
     parser.add_argument(
         "--vision-warmup-targets", choices=WARMUP_TARGETS, default=defaults.vision_warmup_targets,
@@ -643,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.question_weights is not None:
                 settings["question_weights"] = _weights(args.question_weights)
             # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
+            if _is_default(games) and args.vision_warmup_steps is None:
+                settings["vision_warmup_steps"] = defaults.vision_warmup_steps
             pretrain = PretrainConfig(**settings) if _is_default(games) else PretrainConfig.for_games(games, **settings)
             pretrain.check_questions(games)
         except ValueError as err:
