@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmrl.compare import NOT_REACHED, compare, load_experiment, main, steps_to_threshold
+from vlmrl.compare import NOT_REACHED, compare, load_experiment, main, split_by_seeds, steps_to_threshold
 from vlmrl.results import bootstrap_ci, build_results, eval_seeds, human_normalized, write_results
 
 GAME = "ALE/Pong-v5"
@@ -229,3 +229,23 @@ def test_an_experiments_settings_record_who_reflected(tmp_path):
     assert settings["reflect.reflector"] == "grounded" and settings["reflect.reflection_rate"] == 0.2
     assert "reflect.episodes" not in settings and "reflect.model" not in settings
     assert "collect.output_dir" not in settings and settings["train.seed"] == 0
+
+
+def test_a_seed_run_longer_than_the_others_is_not_the_methods_mean(tmp_path):
+    # seed a ran three iterations, seed b two: past 10,000 steps only a speaks, and says so
+    exp_a = _experiment(tmp_path, "a", [(0, [-21.0]), (5000, [-18.0]), (10000, [-16.0]), (15000, [-5.0])])
+    exp_b = _experiment(tmp_path, "b", [(0, [-21.0]), (5000, [-20.0]), (10000, [-14.0])])
+    out = tmp_path / "report"
+    report = compare([exp_a, exp_b], None, out, budgets=[10000, 15000, 20000])
+    row = {r["budget"]: r["methods"]["vlmrl (tiny/pong)"] for r in report["table"]}
+    assert row[10000]["mean_return"] == pytest.approx(-15.0) and row[10000]["n_seeds"] == 2
+    assert row[15000]["mean_return"] == pytest.approx(-5.0)
+    assert (row[15000]["n_seeds"], row[15000]["of_seeds"]) == (1, 2)
+    assert row[20000] is None  # no seed ran that far: its last checkpoint is not a score there
+    ours = report["methods"]["vlmrl (tiny/pong)"]
+    assert ours["steps_to_threshold"]["-10"] == NOT_REACHED  # only seed a reached it, alone
+    full, partial = split_by_seeds(ours["curve"], 2)
+    assert [p["agent_steps"] for p in full] == [0, 5000, 10000] and [p["agent_steps"] for p in partial] == [15000]
+    markdown = (out / "comparison.md").read_text()
+    assert "(1 of 2 seeds)" in markdown and "| 20,000 | – |" in markdown
+    assert (out / "comparison.png").stat().st_size > 0

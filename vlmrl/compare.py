@@ -58,6 +58,16 @@ class Run:
                 best = results
         return best
 
+    def reaches(self, budget: int) -> bool:
+        """Whether the run went as far as `budget` agent steps: its last checkpoint is at least there, or
+        short of it by under half its usual stride (iterations collect a few steps fewer than planned). A
+        seed stopped earlier has no score there: its last checkpoint is not what it would have scored."""
+        if not self.steps:
+            return False
+        strides = np.diff(self.steps)
+        stride = float(np.median(strides)) if len(strides) else 0.0
+        return self.steps[-1] >= budget - stride / 2
+
 
 def load_experiment(experiment_dir: str | Path) -> Run:
     """Read an experiment_summary.json into a Run, with a clear error for a malformed one."""
@@ -185,6 +195,13 @@ def method_curve(runs: list[Run]) -> list[dict[str, Any]]:
     return points
 
 
+def split_by_seeds(curve: list[dict[str, Any]], n_seeds: int) -> tuple[list[dict], list[dict]]:
+    """A curve's checkpoints that every seed reached, and those after the first that only some did (a
+    seed run longer than the others: their mean is not the method's)."""
+    cut = next((i for i, point in enumerate(curve) if point["n_seeds"] < n_seeds), len(curve))
+    return curve[:cut], curve[cut:]
+
+
 def steps_to_threshold(curve: list[dict[str, Any]], threshold: float) -> float | str:
     """Agent steps at the first checkpoint whose mean return reaches `threshold`, or 'not reached'."""
     for point in curve:
@@ -194,8 +211,9 @@ def steps_to_threshold(curve: list[dict[str, Any]], threshold: float) -> float |
 
 
 def at_budget(runs: list[Run], budget: int, game: str) -> dict[str, Any] | None:
-    """A method's score at a budget: mean over seeds of each seed's last evaluation within it."""
-    chosen = [(run, run.at_budget(budget)) for run in runs]
+    """A method's score at a budget: mean over seeds of each seed's last evaluation within it, over the seeds
+    that ran that far (``n_seeds`` of ``of_seeds``)."""
+    chosen = [(run, run.at_budget(budget)) for run in runs if run.reaches(budget)]
     chosen = [(run, results) for run, results in chosen if results is not None]
     if not chosen:
         return None
@@ -206,6 +224,7 @@ def at_budget(runs: list[Run], budget: int, game: str) -> dict[str, Any] | None:
         "interval": interval,
         "interval_over": over,
         "n_seeds": len(chosen),
+        "of_seeds": len(runs),
         "human_normalized": human_normalized(game, mean),
     }
 
@@ -234,7 +253,9 @@ def _format_score(entry: dict[str, Any] | None) -> str:
     low, high = entry["interval"]
     hns = entry["human_normalized"]
     hns_text = "" if hns is None else f", HNS {hns:.3f}"
-    return f"{entry['mean_return']:.2f} [{low:.2f}, {high:.2f}]{hns_text}"
+    seeds = entry.get("of_seeds", entry["n_seeds"])
+    part = f" ({entry['n_seeds']} of {seeds} seeds)" if entry["n_seeds"] < seeds else ""
+    return f"{entry['mean_return']:.2f} [{low:.2f}, {high:.2f}]{hns_text}{part}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -243,7 +264,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# {report['game']}: eval return vs agent steps collected", ""]
     lines.append(
         "Mean return over seeds [95% interval] and human-normalised score (HNS, 1 = human); a method's "
-        "score at a budget is its last checkpoint within that many agent steps."
+        "score at a budget is its last checkpoint within that many agent steps, over the seeds that ran that far."
     )
     lines += ["", "| agent steps | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for row in report["table"]:
@@ -281,17 +302,22 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(8, 5))
     for method, data in report["methods"].items():
-        curve = data["curve"]
-        steps = [p["agent_steps"] for p in curve]
-        means = [p["mean_return"] for p in curve]
-        (line,) = axes.plot(steps, means, marker="o", label=f"{method} (n={data['n_seeds']})")
+        full, partial = split_by_seeds(data["curve"], data["n_seeds"])
+        steps = [p["agent_steps"] for p in full]
+        (line,) = axes.plot(steps, [p["mean_return"] for p in full], marker="o",
+                            label=f"{method} (n={data['n_seeds']})")
         axes.fill_between(
             steps,
-            [p["interval"][0] for p in curve],
-            [p["interval"][1] for p in curve],
+            [p["interval"][0] for p in full],
+            [p["interval"][1] for p in full],
             color=line.get_color(),
             alpha=0.2,
         )
+        if partial:  # checkpoints only some seeds reached: not the method's mean, drawn apart and unshaded
+            joined = full[-1:] + partial
+            axes.plot([p["agent_steps"] for p in joined], [p["mean_return"] for p in joined], marker="o",
+                      markerfacecolor="none", linestyle="--", color=line.get_color(),
+                      label=f"{method}, fewer seeds (n={min(p['n_seeds'] for p in partial)}..)")
     styles = {"random": ("grey", ":"), "oracle": ("black", "--")}
     for name, ref in report["references"].items():
         color, style = styles.get(name, ("black", "-."))
@@ -356,7 +382,9 @@ def compare(
             "n_seeds": len(method_runs),
             "seeds": [run.seed for run in method_runs],
             "curve": curve,
-            "steps_to_threshold": {f"{t:g}": steps_to_threshold(curve, t) for t in thresholds},
+            # reached by the method's mean over all its seeds, not by the one seed that ran longest
+            "steps_to_threshold": {f"{t:g}": steps_to_threshold(split_by_seeds(curve, len(method_runs))[0], t)
+                                   for t in thresholds},
         }
     table = [
         {"budget": int(b), "methods": {m: at_budget(method_runs, int(b), game) for m, method_runs in by_method.items()}}
