@@ -253,8 +253,7 @@ def _format_score(entry: dict[str, Any] | None) -> str:
     low, high = entry["interval"]
     hns = entry["human_normalized"]
     hns_text = "" if hns is None else f", HNS {hns:.3f}"
-    seeds = entry.get("of_seeds", entry["n_seeds"])
-    part = f" ({entry['n_seeds']} of {seeds} seeds)" if entry["n_seeds"] < seeds else ""
+    part = f" ({entry['n_seeds']} of {entry['of_seeds']} seeds)" if entry["n_seeds"] < entry["of_seeds"] else ""
     return f"{entry['mean_return']:.2f} [{low:.2f}, {high:.2f}]{hns_text}{part}"
 
 
@@ -378,13 +377,13 @@ def compare(
     methods = {}
     for method, method_runs in by_method.items():
         curve = method_curve(method_runs)
+        # a threshold is reached by the method's mean over all its seeds, not by the one seed that ran longest
+        every_seed, _ = split_by_seeds(curve, len(method_runs))
         methods[method] = {
             "n_seeds": len(method_runs),
             "seeds": [run.seed for run in method_runs],
             "curve": curve,
-            # reached by the method's mean over all its seeds, not by the one seed that ran longest
-            "steps_to_threshold": {f"{t:g}": steps_to_threshold(split_by_seeds(curve, len(method_runs))[0], t)
-                                   for t in thresholds},
+            "steps_to_threshold": {f"{t:g}": steps_to_threshold(every_seed, t) for t in thresholds},
         }
     table = [
         {"budget": int(b), "methods": {m: at_budget(method_runs, int(b), game) for m, method_runs in by_method.items()}}

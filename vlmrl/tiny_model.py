@@ -638,13 +638,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.physics_caption and any(g.name != GAME.name for g in games):
                 raise ValueError("--physics-caption is Pong's alone: leave the other games out of --games")
             settings = dict(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
-                            physics_caption=args.physics_caption, vision_warmup_steps=args.vision_warmup_steps,
-                            vision_warmup_targets=args.vision_warmup_targets)
+                            physics_caption=args.physics_caption, vision_warmup_targets=args.vision_warmup_targets)
             if args.question_weights is not None:
                 settings["question_weights"] = _weights(args.question_weights)
+            if args.vision_warmup_steps is not None:  # else the recipe's own: 1,000 a game (for_games)
+                settings["vision_warmup_steps"] = args.vision_warmup_steps
             # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
-            if _is_default(games) and args.vision_warmup_steps is None:
-                settings["vision_warmup_steps"] = defaults.vision_warmup_steps
             pretrain = PretrainConfig(**settings) if _is_default(games) else PretrainConfig.for_games(games, **settings)
             pretrain.check_questions(games)
         except ValueError as err:
