@@ -24,6 +24,9 @@ REFLECTION_RATE ?=
 EPOCHS ?=
 BATCH_SIZE ?=
 LR ?=
+# A rate that falls across iterations: LR_SCHEDULE=11:3e-4 starts each cosine from iteration 11 on at 3e-4
+# (the iterations before keep LR or the recipe's); several steps 6:5e-4,11:3e-4; none drops the recipe's.
+LR_SCHEDULE ?=
 EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
@@ -62,6 +65,7 @@ EXP_DIR := $(EXPERIMENTS)/$(EXP)
 OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
 	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
+	$(if $(LR_SCHEDULE),--lr-schedule $(LR_SCHEDULE)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
@@ -79,7 +83,7 @@ BASE_DEP ?= $(if $(findstring tiny-smolvlm,$(RECIPE)),$(TINY_MODEL)/config.json)
 prev = $(shell echo $$(($(1)-1)))
 model_dep = $(if $(filter 1,$(1)),$(BASE_DEP),$(EXP_DIR)/iteration_$(call prev,$(1))/checkpoint/train_metrics.json)
 
-.PHONY: install test test-slow lint tiny-model demo iteration experiment report reference baseline compare clean-demo
+.PHONY: install test test-slow lint tiny-model demo iteration experiment branch report reference baseline compare clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -140,6 +144,13 @@ experiment: $(BASE_DEP) | $(STAMP)
 	@$(MAKE) --no-print-directory $(EXP_DIR)/iteration_0/results.json CHECKED=1
 	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k CHECKED=1 || exit $$?; done
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
+
+# A copy of experiment FROM as it was after iteration AT, to go on with a changed knob:
+#   make branch EXP=lr3-s0 FROM=warm-s0 AT=10 && make experiment EXP=lr3-s0 ITERATIONS=14 LR_SCHEDULE=11:3e-4
+FROM ?=
+AT ?=
+branch: | $(STAMP)
+	$(PY) -m vlmrl.experiment branch --exp $(EXP) --root $(EXPERIMENTS) --from '$(FROM)' --at '$(AT)'
 
 report: | $(STAMP)
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)

@@ -138,6 +138,63 @@ def test_a_reflector_other_than_the_oracle_collects_without_oracle_play(tmp_path
     assert train[train.index("--vision-head-weight") + 1] == "0.5"
 
 
+def test_a_learning_rate_schedule_sets_each_iterations_rate(tmp_path):
+    from vlmrl.experiment import check, recipe_settings
+
+    recipe = _recipe(tmp_path, "base-model-path")
+    exp = tmp_path / "exp"
+
+    def rate(k, **knobs):
+        cmd = phase_command("train", exp_dir=exp, recipe=recipe, k=k, overrides=knobs)
+        return cmd[cmd.index("--learning_rate") + 1] if "--learning_rate" in cmd else None
+
+    steps = {"lr_schedule": "6:5e-4,11:3e-4"}
+    assert [rate(k, **steps) for k in (1, 5, 6, 10, 11, 20)] == [None, None, "0.0005", "0.0005", "0.0003", "0.0003"]
+    assert [rate(k, lr="2e-3", **steps) for k in (5, 6)] == ["2e-3", "0.0005"]  # LR holds until the first step
+    # The iterations before the first step run exactly as without a schedule: extending a run needs no FORCE.
+    assert phase_command("train", exp_dir=exp, recipe=recipe, k=10, overrides={"lr_schedule": "11:3e-4"}) == \
+        phase_command("train", exp_dir=exp, recipe=recipe, k=10, overrides={})
+    (recipe / "experiment.yaml").write_text((recipe / "experiment.yaml").read_text() + "lr_schedule: {3: 1.0e-4}\n")
+    assert recipe_settings(recipe)["lr_schedule"] == {3: 1e-4}
+    assert [rate(k) for k in (2, 3)] == [None, "0.0001"] and rate(3, lr_schedule="none") is None
+    for bad in ("abc", "1:3e-4", "5:0", "5:2", "5:3e-4,5:1e-4", "5.5:3e-4", "5"):
+        with pytest.raises(ValueError, match="LR_SCHEDULE"):
+            check(exp_dir=exp, recipe=recipe, overrides={"lr_schedule": bad}, iterations="6")
+    cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "check", "--exp", "x", "--root", str(tmp_path),
+                          "--recipe", str(recipe), "--iterations", "2", "--lr-schedule", "2:abc"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2 and "iteration:rate" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
+def test_a_branch_keeps_the_iterations_up_to_its_point_and_names_its_own_folders(tmp_path):
+    from vlmrl.experiment import branch
+
+    src, new = tmp_path / "src", tmp_path / "new"
+    for k in (0, 1, 2):
+        (src / f"iteration_{k}" / "checkpoint" / ".vlmrl").mkdir(parents=True)
+    (src / "iteration_0" / "results.json").write_text("{}")
+    (src / "iteration_1" / "results.json").write_text("{}")
+    (src / "iteration_1" / "checkpoint" / "train_metrics.json").write_text("{}")
+    record = src / "iteration_1" / "checkpoint" / ".vlmrl" / "vlmrl_train.json"
+    record.write_text(json.dumps({"reflections": [f"{src}/iteration_1/reflections"], "base_model": "base"}))
+    os.utime(record, ns=(1_000_000_000, 1_000_000_000))
+    (src / "iteration_2" / "checkpoint" / ".vlmrl" / "vlmrl_train.json").write_text(f"{src}/iteration_2")  # started
+    with pytest.raises(ValueError, match="iteration 2 .* has not finished"):
+        branch(src, new, 2)
+    assert not new.exists()
+    rewritten = branch(src, new, 1)
+    assert sorted(p.name for p in new.iterdir()) == ["iteration_0", "iteration_1"]
+    copied = new / "iteration_1" / "checkpoint" / ".vlmrl" / "vlmrl_train.json"
+    assert rewritten == [copied] and copied.stat().st_mtime_ns == 1_000_000_000
+    assert json.loads(copied.read_text())["reflections"] == [f"{new}/iteration_1/reflections"]
+    assert str(src) in record.read_text()  # the source is untouched
+    with pytest.raises(ValueError, match="already exists"):
+        branch(src, new, 1)
+    cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "branch", "--exp", "b", "--from", "src", "--at",
+                          "5", "--root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2 and "iteration 5" in cli.stderr and not (tmp_path / "b").exists()
+
+
 def _make(tmp_path, recipe, *targets, **variables):
     venv_python = Path(sys.executable)
     args = ["make", "--no-print-directory", *targets, f"PY={venv_python}", "BASE_DEP=",
@@ -162,6 +219,13 @@ def test_make_iteration_one_and_two_end_to_end(tmp_path, tiny_model):
     assert summary["iterations"][1]["env_steps_total"] == 48
     ckpt2 = exp / "iteration_2" / "checkpoint"
     assert "iteration_1/checkpoint" in (ckpt2 / ".vlmrl" / "vlmrl_train.json").read_text()
+    # A branch at iteration 1 goes on with the same knobs without FORCE: nothing it kept is redone.
+    branched = subprocess.run(_make(tmp_path, recipe, "branch", EXP="b", FROM="t", AT=1), cwd=ROOT,
+                              capture_output=True, text=True)
+    assert branched.returncode == 0, branched.stdout[-3000:] + branched.stderr[-3000:]
+    again = subprocess.run(_make(tmp_path, recipe, "iteration", EXP="b", N=1), cwd=ROOT, capture_output=True,
+                           text=True)
+    assert again.returncode == 0 and "--iteration 1" not in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -62,10 +62,44 @@ def recipe_settings(recipe: str | Path) -> dict:
         raise ValueError(f"{path}: observation must be a mapping of {', '.join(OBSERVATION_KEYS)}; got {observation!r}")
     settings["observation"] = observation
     settings.setdefault("seed", 0)
+    if settings.get("lr_schedule") is not None:
+        try:
+            settings["lr_schedule"] = parse_lr_schedule(settings["lr_schedule"])
+        except ValueError as err:
+            raise ValueError(f"{path}: lr_schedule: {err}") from None
     window = settings["reflections_window"]
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"{path}: reflections_window must be a whole number >= 1, got {window!r}")
     return settings
+
+
+def parse_lr_schedule(raw) -> dict[int, float]:
+    """A learning rate that changes across iterations: ``"11:3e-4"`` (or ``{11: 3.0e-4}`` in experiment.yaml)
+    means each iteration from the 11th on starts its cosine at 3e-4; iterations before the first one named keep
+    train.yaml's rate (or LR's). Several steps: ``"6:5e-4,11:3e-4"``. ``"none"`` (or empty) names no step."""
+    if isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        text = str(raw).strip()
+        if text.lower() in ("", "none"):
+            return {}
+        pairs = [part.split(":", 1) if ":" in part else (part, None) for part in text.split(",")]
+    schedule: dict[int, float] = {}
+    for key, value in pairs:
+        try:
+            k, rate = int(str(key).strip()), float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected iteration:rate pairs such as 11:3e-4 or 6:5e-4,11:3e-4, got {raw!r}") from None
+        if k < 2 or str(key).strip() != str(k) or not 0 < rate < 1 or k in schedule:
+            raise ValueError(f"each step is a distinct iteration >= 2 and a rate between 0 and 1, got {raw!r}")
+        schedule[k] = rate
+    return dict(sorted(schedule.items()))
+
+
+def scheduled_lr(schedule: dict[int, float], k: int) -> float | None:
+    """The rate iteration k starts at under ``schedule``; None before its first step (train.yaml's or LR's)."""
+    named = [rate for start, rate in schedule.items() if start <= k]
+    return named[-1] if named else None
 
 
 MAX_SEED = 9  # collection seeds are 100,000 x seed + 1,000 x iteration + episode: below evaluation's 1,000,000
@@ -131,6 +165,10 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
         cmd = [*launch, str(ROOT / "train.py"), *config, "--model_name_or_path", model_for(exp_dir, k, base),
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
                "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
+        schedule = parse_lr_schedule(o["lr_schedule"]) if "lr_schedule" in o else settings.get("lr_schedule") or {}
+        rate = scheduled_lr(schedule, k)
+        if rate is not None:
+            o["lr"] = repr(rate)
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
                       sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft",
                       vision_head="--vision-head-weight")
@@ -290,6 +328,11 @@ def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base
     o = {key: v for key, v in overrides.items() if v not in (None, "")}
     base = o.get("base_model") or settings["base_model"]
     experiment_seed(settings, o)
+    if "lr_schedule" in o:
+        try:
+            parse_lr_schedule(o["lr_schedule"])
+        except ValueError as err:
+            raise ValueError(f"LR_SCHEDULE (--lr-schedule): {err}") from None
     plan = [(0, "evaluate")] if base_eval else []
     plan += [(k, phase) for k in range(1, last + 1) for phase in PHASES]
     differences = []
@@ -315,12 +358,54 @@ def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base
     return differences
 
 
+def branch(src_dir: Path, new_dir: Path, at: int) -> list[Path]:
+    """A new experiment that starts as ``src_dir`` was after iteration ``at``: iterations 0..at copied with their
+    timestamps (so make redoes nothing), and every record in them that names ``src_dir``'s folders rewritten to
+    ``new_dir``'s (so the knobs' check compares like with like, without FORCE). An iteration the source ran or
+    started after ``at`` is left behind. Written to a side folder first: an interrupted branch leaves nothing."""
+    import shutil
+
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"no experiment at {src_dir} to branch from")
+    if new_dir.exists():
+        raise ValueError(f"{new_dir} already exists: branch into a new EXP name")
+    if at < 0 or not (iteration_dir(src_dir, at) / "results.json").exists() or (
+            at > 0 and not (iteration_dir(src_dir, at) / "checkpoint" / "train_metrics.json").exists()):
+        raise ValueError(f"iteration {at} of {src_dir} has not finished (no results.json or checkpoint): branch "
+                         "at an iteration that has")
+    side = new_dir.with_name(new_dir.name + ".branching")
+    shutil.rmtree(side, ignore_errors=True)
+    side.mkdir(parents=True)
+    for k in range(at + 1):
+        shutil.copytree(iteration_dir(src_dir, k), iteration_dir(side, k), copy_function=shutil.copy2)
+    rewrites = [(str(src_dir.resolve()) + os.sep, str(new_dir.resolve()) + os.sep),
+                (str(src_dir) + os.sep, str(new_dir) + os.sep)]
+    rewritten = []
+    for path in sorted(side.rglob("*")):
+        if path.suffix not in (".json", ".md") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        new_text = text
+        for old, new in rewrites:
+            new_text = new_text.replace(old, new)
+        if new_text != text:
+            stat = path.stat()
+            path.write_text(new_text)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            rewritten.append(new_dir / path.relative_to(side))
+    side.rename(new_dir)
+    return rewritten
+
+
 def _add_knobs(p) -> None:
     for flag, helptext in (
         ("--episodes", "episodes collected per iteration"), ("--max-steps", "cap on steps per collected episode"),
         ("--num-envs", "environments per batch in collection"), ("--reflection-rate", "share of steps reflected on"),
         ("--epochs", "training epochs"), ("--batch-size", "training batch size per device"),
-        ("--lr", "learning rate"), ("--eval-episodes", "evaluation episodes"),
+        ("--lr", "learning rate (each iteration's cosine starts there)"),
+        ("--lr-schedule", "iteration:rate steps, e.g. 11:3e-4 (from iteration 11 on each cosine starts at 3e-4; the "
+         "iterations before keep --lr or train.yaml's); 'none' drops the recipe's lr_schedule"),
+        ("--eval-episodes", "evaluation episodes"),
         ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
@@ -349,6 +434,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("phase", help="run one phase of one iteration")
     p.add_argument("phase", choices=PHASES)
     c = sub.add_parser("check", help="check every phase's knobs (and the settings of phases that ran) first")
+    b = sub.add_parser("branch", help="start a new experiment from another's first iterations (to change a knob "
+                                      "from there on)")
+    b.add_argument("--exp", required=True, help="the new experiment's name (data/experiments/<exp>)")
+    b.add_argument("--from", dest="source", required=True, help="the experiment to branch from")
+    b.add_argument("--at", type=int, required=True, help="its last iteration to keep (0 keeps the base's evaluation)")
+    b.add_argument("--root", default="data/experiments", help="where experiments live")
     for name in ("summarize", "report"):
         s = sub.add_parser(name, help=f"{name} an experiment")
         s.add_argument("--exp", required=True, help="experiment name (data/experiments/<exp>)")
@@ -366,6 +457,14 @@ def main(argv: list[str] | None = None) -> None:
                                                         "reported, not refused; what ran is kept")
     args = parser.parse_args(argv)
     exp_dir = experiment_dir(args.exp, args.root)
+    if args.command == "branch":
+        if not args.source.strip() or args.source.strip() == args.exp:
+            raise ValueError("FROM (--from) names the experiment to branch from, another than EXP")
+        source = experiment_dir(args.source, args.root)
+        rewritten = branch(source, exp_dir, args.at)
+        print(f"{exp_dir}: iterations 0..{args.at} of {source} ({len(rewritten)} records now name {exp_dir}); "
+              f"go on with `make experiment EXP={args.exp} ITERATIONS=<n> <the changed knob>`")
+        return
     skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force")
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     if args.command == "phase":
