@@ -54,8 +54,8 @@ FORCE ?=
 # Set by `experiment` for the iterations it runs: the knobs were checked once, up front.
 CHECKED ?=
 
-# PORTABLE=1: every phase (and the tiny model's build) on the CPU's baseline kernels, the same floating-point
-# results on any x86-64 machine at about twice the CPU time (see vlmrl/__init__.py).
+# PORTABLE=1: every phase (and the tiny model's build) on the CPU's baseline kernels, at about twice the CPU time:
+# the same weights whichever kernels one CPU offers, not across CPU makers (see README, Reproducibility).
 ifeq ($(PORTABLE),1)
 export VLMRL_PORTABLE_KERNELS := 1
 endif
