@@ -201,6 +201,11 @@ def test_vision_warmup_teaches_the_tower_alone(tiny):
     without.keys = [k for k in answers.keys if k[1] != "horizontal"]
     answers.keys = [(p, n, np.full_like(labels, -1) if n == "horizontal" else labels) for p, n, labels in answers.keys]
     torch.testing.assert_close(answers.loss(features, owner, local), without.loss(features, owner, local))
+    # The paddle's position alone, or every position, beside the questions.
+    questions = {n for _, n, _ in _TowerAnswers(8, [data]).keys}
+    paddle = {n for _, n, _ in _TowerAnswers(8, [data], "paddle").keys}
+    every = {n for _, n, _ in _TowerAnswers(8, [data], True).keys}
+    assert paddle - questions == {"paddle_row"} and {"paddle_row", "ball_row"} <= every - questions
 
 
 def test_vision_warmup_steps_must_not_be_negative():

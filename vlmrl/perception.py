@@ -85,7 +85,8 @@ def collect_perception_data(
     return PerceptionData(images if images is not None else np.empty((0,), np.uint8), scenes, game)
 
 
-WARMUP_TARGETS = ("questions", "questions+positions")
+WARMUP_TARGETS = ("questions", "questions+positions", "questions+paddle")
+PADDLE_POSITIONS = ("paddle_row", "paddle_col")  # the scenes' fields "questions+paddle" regresses (Pong, Breakout)
 
 
 @dataclass
@@ -304,7 +305,7 @@ class _TowerAnswers(torch.nn.Module):
     positions) from the vision tower's patch features, mean- and max-pooled over the patches: the
     warm-up's heads."""
 
-    def __init__(self, hidden: int, parts: Sequence[PerceptionData], positions: bool = False) -> None:
+    def __init__(self, hidden: int, parts: Sequence[PerceptionData], positions: bool | str = False) -> None:
         super().__init__()
         # (part, target, labels per sample): a question's answer index (-1 where it has no answer there),
         # or a position standardised over the part (NaN where the scene has none)
@@ -317,6 +318,8 @@ class _TowerAnswers(torch.nn.Module):
                 heads[f"{p}_{q.name}"] = torch.nn.Linear(2 * hidden, len(q.options))
                 self.keys.append((p, q.name, labels))
             for name, values in (_positions(part.scenes) if positions else {}).items():
+                if positions == "paddle" and name not in PADDLE_POSITIONS:
+                    continue
                 heads[f"{p}_{name}"] = torch.nn.Linear(2 * hidden, 1)
                 self.keys.append((p, name, values))
         self.heads = torch.nn.ModuleDict(heads)
@@ -379,7 +382,9 @@ def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: Pr
     from tqdm.auto import tqdm
 
     tower = model.model.vision_model
-    answers = _TowerAnswers(tower.config.hidden_size, parts, config.vision_warmup_targets == "questions+positions")
+    targets = config.vision_warmup_targets
+    answers = _TowerAnswers(tower.config.hidden_size, parts,
+                            "paddle" if targets == "questions+paddle" else targets == "questions+positions")
     params = [*tower.parameters(), *answers.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     losses = []

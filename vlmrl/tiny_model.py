@@ -358,6 +358,8 @@ def _text_digest(game_ids: tuple[str, ...]) -> str:
 
 # Pre-training options added after builds were recorded, with what those builds did: a recipe that does the
 # same leaves the option out, so those builds still count as "the same recipe".
+_WARMUP_TARGET_WORDS = {"questions+positions": " and the scene positions",
+                        "questions+paddle": " and the paddle's position"}
 _OPTIONS_RECORDED_LATER = {"physics_caption": False, "vision_warmup_steps": 0, "vision_warmup_targets": "questions"}
 
 
@@ -463,7 +465,7 @@ def _card_body(recipe: dict, report: dict, games: Sequence[Game] = DEFAULT_GAMES
         f"questions ({1 - pretrain['caption_fraction']:.0%} of samples), loss on every answer token. "
         "No action labels, no action names.\n",
         *([f"First a vision warm-up: the vision tower alone learns the probe's questions"
-           f"{' and the scene positions' if pretrain.get('vision_warmup_targets') == 'questions+positions' else ''}"
+           f"{_WARMUP_TARGET_WORDS.get(pretrain.get('vision_warmup_targets'), '')}"
            f" from linear answers on its pooled patch features (dropped afterwards), {warmup_steps:,} steps.\n"]
           if warmup_steps else []),
         "| setting | value |\n|---|---|",
@@ -597,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
         "--vision-warmup-targets", choices=WARMUP_TARGETS, default=defaults.vision_warmup_targets,
         help="what the warm-up teaches: the probe's questions, or also the scene's positions (regressions on "
         "the ball's and paddle's rows and column, where the ball will cross, where the teacher aims, where "
-        "the paddle would rest; still no action) (default %(default)s)",
+        "the paddle would rest; still no action), or also the paddle's position alone (its row in Pong, "
+        "column in Breakout) (default %(default)s)",
     )
     parser.add_argument(
         "--probe-frames", type=int, default=500,
