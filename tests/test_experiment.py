@@ -173,6 +173,8 @@ def test_a_branch_keeps_the_iterations_up_to_its_point_and_names_its_own_folders
     for k in (0, 1, 2):
         (src / f"iteration_{k}" / "checkpoint" / ".vlmrl").mkdir(parents=True)
     (src / "iteration_0" / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="iteration 1 .* has not finished"):
+        branch(src, new, 1)
     (src / "iteration_1" / "results.json").write_text("{}")
     (src / "iteration_1" / "checkpoint" / "train_metrics.json").write_text("{}")
     record = src / "iteration_1" / "checkpoint" / ".vlmrl" / "vlmrl_train.json"
@@ -190,6 +192,9 @@ def test_a_branch_keeps_the_iterations_up_to_its_point_and_names_its_own_folders
     assert str(src) in record.read_text()  # the source is untouched
     with pytest.raises(ValueError, match="already exists"):
         branch(src, new, 1)
+    shutil.rmtree(src / "iteration_0")  # `make iteration` runs no base evaluation
+    branch(src, tmp_path / "from-iterations", 1)
+    assert sorted(p.name for p in (tmp_path / "from-iterations").iterdir()) == ["iteration_1"]
     cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "branch", "--exp", "b", "--from", "src", "--at",
                           "5", "--root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert cli.returncode == 2 and "iteration 5" in cli.stderr and not (tmp_path / "b").exists()

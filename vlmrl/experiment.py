@@ -377,6 +377,12 @@ def branch(src_dir: Path, new_dir: Path, at: int) -> list[Path]:
     shutil.rmtree(side, ignore_errors=True)
     side.mkdir(parents=True)
     for k in range(at + 1):
+        if k == 0 and not iteration_dir(src_dir, 0).exists():
+            continue  # `make iteration` runs no base evaluation; `make experiment` does
+        if not iteration_dir(src_dir, k).is_dir():
+            shutil.rmtree(side)
+            raise ValueError(f"{iteration_dir(src_dir, k)} is missing: branch from an experiment whose iterations "
+                             f"1..{at} all ran")
         shutil.copytree(iteration_dir(src_dir, k), iteration_dir(side, k), copy_function=shutil.copy2)
     rewrites = [(str(src_dir.resolve()) + os.sep, str(new_dir.resolve()) + os.sep),
                 (str(src_dir) + os.sep, str(new_dir) + os.sep)]
