@@ -203,8 +203,8 @@ def test_vision_warmup_teaches_the_tower_alone(tiny):
     torch.testing.assert_close(answers.loss(features, owner, local), without.loss(features, owner, local))
     # The paddle's position alone, or every position, beside the questions.
     questions = {n for _, n, _ in _TowerAnswers(8, [data]).keys}
-    paddle = {n for _, n, _ in _TowerAnswers(8, [data], "paddle").keys}
-    every = {n for _, n, _ in _TowerAnswers(8, [data], True).keys}
+    paddle = {n for _, n, _ in _TowerAnswers(8, [data], "questions+paddle").keys}
+    every = {n for _, n, _ in _TowerAnswers(8, [data], "questions+positions").keys}
     assert paddle - questions == {"paddle_row"} and {"paddle_row", "ball_row"} <= every - questions
 
 

@@ -301,11 +301,11 @@ def pool_patches(features: torch.Tensor) -> torch.Tensor:
 
 
 class _TowerAnswers(torch.nn.Module):
-    """Linear answers to every game's questions (and, with ``positions``, regressions on its scenes'
-    positions) from the vision tower's patch features, mean- and max-pooled over the patches: the
-    warm-up's heads."""
+    """Linear answers to every game's questions (and, as ``targets`` says, regressions on its scenes'
+    positions, or on the paddle's alone) from the vision tower's patch features, mean- and max-pooled
+    over the patches: the warm-up's heads."""
 
-    def __init__(self, hidden: int, parts: Sequence[PerceptionData], positions: bool | str = False) -> None:
+    def __init__(self, hidden: int, parts: Sequence[PerceptionData], targets: str = "questions") -> None:
         super().__init__()
         # (part, target, labels per sample): a question's answer index (-1 where it has no answer there),
         # or a position standardised over the part (NaN where the scene has none)
@@ -317,8 +317,8 @@ class _TowerAnswers(torch.nn.Module):
                 labels = np.array([-1 if a is None else q.options.index(a) for a in answers], dtype=np.int64)
                 heads[f"{p}_{q.name}"] = torch.nn.Linear(2 * hidden, len(q.options))
                 self.keys.append((p, q.name, labels))
-            for name, values in (_positions(part.scenes) if positions else {}).items():
-                if positions == "paddle" and name not in PADDLE_POSITIONS:
+            for name, values in (_positions(part.scenes) if targets != "questions" else {}).items():
+                if targets == "questions+paddle" and name not in PADDLE_POSITIONS:
                     continue
                 heads[f"{p}_{name}"] = torch.nn.Linear(2 * hidden, 1)
                 self.keys.append((p, name, values))
@@ -382,9 +382,7 @@ def _warm_up_vision(model, parts, batch_images, pixels, owner, local, config: Pr
     from tqdm.auto import tqdm
 
     tower = model.model.vision_model
-    targets = config.vision_warmup_targets
-    answers = _TowerAnswers(tower.config.hidden_size, parts,
-                            "paddle" if targets == "questions+paddle" else targets == "questions+positions")
+    answers = _TowerAnswers(tower.config.hidden_size, parts, config.vision_warmup_targets)
     params = [*tower.parameters(), *answers.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     losses = []

@@ -356,10 +356,11 @@ def _text_digest(game_ids: tuple[str, ...]) -> str:
     return hashlib.sha256(corpus.encode()).hexdigest()[:16]
 
 
-# Pre-training options added after builds were recorded, with what those builds did: a recipe that does the
-# same leaves the option out, so those builds still count as "the same recipe".
+# What the card says the warm-up learns beside the probe's questions.
 _WARMUP_TARGET_WORDS = {"questions+positions": " and the scene positions",
                         "questions+paddle": " and the paddle's position"}
+# Pre-training options added after builds were recorded, with what those builds did: a recipe that does the
+# same leaves the option out, so those builds still count as "the same recipe".
 _OPTIONS_RECORDED_LATER = {"physics_caption": False, "vision_warmup_steps": 0, "vision_warmup_targets": "questions"}
 
 
