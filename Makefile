@@ -42,6 +42,8 @@ LORA ?=
 # VISION_HEAD=1: while training, a linear head on the vision tower also learns each corrected action, its loss
 # times this weight added (train.py --vision-head-weight; the head is dropped before saving).
 VISION_HEAD ?=
+# VISION_HEAD_AT=connector: that head reads the image tokens the language model reads, not the tower's features.
+VISION_HEAD_AT ?=
 OUTCOME ?=
 REHEARSAL_SHARE ?=
 # The experiment's seed (0-9): collection seeds, reflection sampling, training and evaluation sampling.
@@ -72,6 +74,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
 	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) $(if $(ADVANTAGE),--advantage $(ADVANTAGE)) \
 	$(if $(LORA),--lora $(LORA)) $(if $(VISION_HEAD),--vision-head $(VISION_HEAD)) \
+	$(if $(VISION_HEAD_AT),--vision-head-at $(VISION_HEAD_AT)) \
 	$(if $(LAUNCH),--launch "$(LAUNCH)") $(if $(BASE),--base-model $(BASE))
 PHASE = $(PY) -m vlmrl.experiment phase --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE) $(OVERRIDES)
 # Every phase's knobs parsed by its own script's dataclasses, and compared with what finished phases ran with,

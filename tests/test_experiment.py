@@ -134,8 +134,10 @@ def test_a_reflector_other_than_the_oracle_collects_without_oracle_play(tmp_path
     train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"lora": "1"})
     assert train[train.index("--use_peft") + 1] == "1"
     assert "--use_peft" not in phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={})
-    train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"vision_head": "0.5"})
+    train = phase_command("train", exp_dir=exp, recipe=recipe, k=1, overrides={"vision_head": "0.5",
+                                                                               "vision_head_at": "connector"})
     assert train[train.index("--vision-head-weight") + 1] == "0.5"
+    assert train[train.index("--vision-head-at") + 1] == "connector"
 
 
 def test_a_learning_rate_schedule_sets_each_iterations_rate(tmp_path):

@@ -194,6 +194,30 @@ def test_the_vision_head_trains_the_tower_and_leaves_a_plain_checkpoint(tmp_path
     assert json.loads(meta_path(headed, MANIFEST).read_text())["vision_head_weight"] == 2.0
 
 
+def test_the_vision_head_on_the_connector_trains_the_image_tokens_the_language_model_reads(tmp_path, tiny_model,
+                                                                                          reflections):
+    from safetensors.torch import load_file
+
+    from vlmrl.data import meta_path
+    from vlmrl.training import MANIFEST
+
+    plain, on_tower, on_connector = tmp_path / "plain", tmp_path / "tower", tmp_path / "connector"
+    common = ("--num_train_epochs", "1", "--save_strategy", "no", "--seed", "3")
+    train(*_args(_base_argv(tiny_model, reflections, plain, *common)))
+    train(*_args(_base_argv(tiny_model, reflections, on_tower, *common, "--vision_head_weight", "2")))
+    metrics = train(*_args(_base_argv(tiny_model, reflections, on_connector, *common, "--vision_head_weight", "2",
+                                      "--vision_head_at", "connector")))
+    assert metrics["vision_head_at"] == "connector"
+    a, b, c = (load_file(d / "model.safetensors") for d in (plain, on_tower, on_connector))
+    assert a.keys() == c.keys()  # the head is not saved
+    connector = [k for k in a if "connector" in k]
+    assert connector and any(not torch.equal(a[k], c[k]) for k in connector)
+    assert any(not torch.equal(b[k], c[k]) for k in connector)  # another head than the tower's
+    record = json.loads(meta_path(on_connector, MANIFEST).read_text())
+    assert record["vision_head_at"] == "connector"
+    assert "vision_head_at" not in json.loads(meta_path(on_tower, MANIFEST).read_text())  # older records stay valid
+
+
 def test_the_vision_head_reads_the_action_named_in_each_answer(tiny_model):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -233,7 +257,9 @@ def test_action_names_sharing_a_first_token_are_refused():
 
 def test_the_vision_head_is_refused_with_lora_or_a_negative_weight(tmp_path, tiny_model, reflections):
     for extra, message in ((["--vision_head_weight", "1", "--use_peft", "true"], "LoRA leaves frozen"),
-                           (["--vision_head_weight", "-1"], "must be >= 0")):
+                           (["--vision_head_weight", "-1"], "must be >= 0"),
+                           (["--vision_head_weight", "1", "--vision_head_at", "text"],
+                            "must be one of tower, connector")):
         result = _run_train(*_base_argv(tiny_model, reflections, tmp_path / "o", *extra))
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "o").exists()

@@ -171,7 +171,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
             o["lr"] = repr(rate)
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
                       sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft",
-                      vision_head="--vision-head-weight")
+                      vision_head="--vision-head-weight", vision_head_at="--vision-head-at")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
@@ -429,6 +429,8 @@ def _add_knobs(p) -> None:
          "into each checkpoint) instead of every weight"),
         ("--vision-head", "weight of a linear head on the vision tower that also learns each corrected action while "
          "training (train.py --vision-head-weight; dropped before saving)"),
+        ("--vision-head-at", "what that head reads: tower (the vision tower's patch features, the default) or "
+         "connector (the image tokens the language model reads)"),
     ):
         p.add_argument(flag, default=None, help=helptext)
     p.add_argument("--probe", action="store_true", help="run the vision probe in evaluation")

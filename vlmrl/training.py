@@ -59,6 +59,11 @@ class TrainScriptArguments(ObservationArguments):
                           "corrected action (the action named in its answer), its loss times this weight added to the "
                           "language model's; the head is dropped before saving; 0: off"},
     )
+    vision_head_at: str = field(
+        default="tower",
+        metadata={"help": "with --vision-head-weight: what the head reads, 'tower' (the vision tower's patch "
+                          "features) or 'connector' (the image tokens the language model reads)"},
+    )
     newest_share: float = field(
         default=0.5,
         metadata={"help": "with --sample-budget: the share of the samples drawn from the last reflections dataset "
@@ -80,6 +85,10 @@ class TrainScriptArguments(ObservationArguments):
             raise ValueError(f"--newest-share must be in [0, 1], got {self.newest_share}")
         if not self.vision_head_weight >= 0.0:
             raise ValueError(f"--vision-head-weight must be >= 0, got {self.vision_head_weight}")
+        from vlmrl.vision_head import HEAD_PLACES
+
+        if self.vision_head_at not in HEAD_PLACES:
+            raise ValueError(f"--vision-head-at must be one of {', '.join(HEAD_PLACES)}, got {self.vision_head_at!r}")
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise ValueError(f"--rehearsal-share must be in [0, 1), got {self.rehearsal_share}")
         self.observation_config()
@@ -232,6 +241,8 @@ def train_settings(script_args: TrainScriptArguments, training_args, model_args)
     settings["game"] = script_args.game  # its action classes balance the draw (absent from older records)
     if script_args.vision_head_weight:  # (absent from the records of runs without the head)
         settings["vision_head_weight"] = script_args.vision_head_weight
+        if script_args.vision_head_at != "tower":  # (absent from the records of runs on the tower)
+            settings["vision_head_at"] = script_args.vision_head_at
     return settings
 
 
@@ -341,7 +352,8 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     if script_args.vision_head_weight:
         from vlmrl.vision_head import VisionActionHead, with_vision_head
 
-        head = VisionActionHead(model, processor.tokenizer, get_game(script_args.game), script_args.vision_head_weight)
+        head = VisionActionHead(model, processor.tokenizer, get_game(script_args.game), script_args.vision_head_weight,
+                                script_args.vision_head_at)
         trainer_class = with_vision_head(SFTTrainer)
     trainer = trainer_class(
         model=model,
@@ -378,6 +390,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         "resumed_from": last,
         "lora": peft_config is not None,
         "vision_head_weight": script_args.vision_head_weight,
+        "vision_head_at": script_args.vision_head_at if script_args.vision_head_weight else None,
     }
     if trainer.is_world_process_zero():
         write_json(output_dir / METRICS, metrics)

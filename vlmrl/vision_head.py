@@ -10,6 +10,10 @@ head on the tower's pooled features also answers each sample's corrected action 
 language model is trained on, read off the action name in the answer), and its cross-entropy, times the
 weight, is added to the loss. The head is dropped before the checkpoint is saved: the checkpoint is a
 plain Idefics3 model that acts through its language model, as before.
+
+Where it reads (``--vision-head-at``): ``tower``, the vision tower's last patch features; or ``connector``,
+the image tokens the language model reads (the connector's output, after the pixel shuffle and projection),
+so the decision is pushed into what the language model is given, not only into the tower.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from vlmrl.games import Game
 from vlmrl.perception import pool_patches
 
 HEAD_NAME = "vlmrl_vision_action_head"
+HEAD_PLACES = ("tower", "connector")
 
 
 def action_token_classes(tokenizer, game: Game) -> dict[int, int]:
@@ -45,24 +50,42 @@ def vision_tower(model) -> torch.nn.Module:
     return tower
 
 
+def head_input(model, at: str) -> tuple[torch.nn.Module, int]:
+    """The module whose output the head reads, and that output's width: the vision tower's patch features or
+    the connector's image tokens (the language model's width)."""
+    if at not in HEAD_PLACES:
+        raise ValueError(f"--vision-head-at must be one of {', '.join(HEAD_PLACES)}, got {at!r}")
+    tower = vision_tower(model)
+    if at == "tower":
+        return tower, tower.config.hidden_size
+    connector = getattr(model.model, "connector", None)
+    text = getattr(getattr(model, "config", None), "text_config", None)
+    if connector is None or not hasattr(text, "hidden_size"):
+        raise ValueError("--vision-head-at connector needs an Idefics3 model (a connector at model.model.connector)")
+    return connector, text.hidden_size
+
+
 class VisionActionHead:
     """The head (a submodule of the model while it trains, so the optimizer and checkpoints hold it), the hook
     that keeps the tower's last patch features of each forward, and the auxiliary loss."""
 
-    def __init__(self, model, tokenizer, game: Game, weight: float) -> None:
+    def __init__(self, model, tokenizer, game: Game, weight: float, at: str = "tower") -> None:
         if weight <= 0:
             raise ValueError(f"--vision-head-weight must be > 0 to attach a head, got {weight}")
         self.weight = weight
         self.classes = action_token_classes(tokenizer, game)
-        tower = vision_tower(model)
-        head = torch.nn.Linear(2 * tower.config.hidden_size, len(game.actions))
-        param = next(tower.parameters())
+        source, width = head_input(model, at)
+        head = torch.nn.Linear(2 * width, len(game.actions))
+        param = next(source.parameters())
         model.add_module(HEAD_NAME, head.to(device=param.device, dtype=param.dtype))
         self._features: torch.Tensor | None = None
-        self._hook = tower.register_forward_hook(self._keep)
+        self._hook = source.register_forward_hook(self._keep)
 
     def _keep(self, module, args, output) -> None:
-        self._features = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        if isinstance(output, torch.Tensor):  # the connector returns its image tokens as they are
+            self._features = output
+        else:
+            self._features = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Each row's action index: the first answer token (a label that is not -100) that begins an action
