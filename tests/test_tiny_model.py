@@ -13,13 +13,14 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from vlmrl import tiny_model
+from vlmrl.games import get_game
 from vlmrl.games.breakout import QUESTIONS as BREAKOUT_QUESTIONS
 from vlmrl.games.pong import ACTIONS, CAPTION_TOKENS, QUESTIONS
 from vlmrl.observation import encode_observation
 from vlmrl.perception import PretrainConfig
 from vlmrl.probe import observation_for
 from vlmrl.prompts import option_text
-from vlmrl.tiny_model import GAME, TinyModelConfig, build_model, build_tiny_model, main
+from vlmrl.tiny_model import GAME, TinyModelConfig, build_model, build_tiny_model, main, stall_warnings
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +376,20 @@ def test_each_games_recipe_loads_the_two_game_model_and_plays(two_games, game, t
     (args,) = parse((EvaluateArguments,), [*cmd[2:], "--num-envs", "1", "--no-video", "--no-progress"])
     results = evaluate.main(args)
     assert results["env_steps"] == 3 and results["game"] == args.game and args.game.lower().startswith(f"ale/{game}")
+
+
+def test_a_build_whose_probe_misses_the_key_question_is_flagged_as_stalled():
+    pong, breakout = get_game("ALE/Pong-v5"), get_game("ALE/Breakout-v5")
+
+    def probe(**answers):
+        return {"random_init": {}, "pretrained": {q: {"accuracy": a, "chance": 0.5} for q, a in answers.items()}}
+
+    stalled = {"probe": probe(above_below=0.718, vertical=0.988)}  # the Xeon's stalled seed 0, as it was recorded
+    (line,) = stall_warnings(stalled, [pong])
+    assert "above_below 0.718" in line and "stalled" in line
+    assert stall_warnings({"probe": probe(above_below=0.943)}, [pong]) == []
+    assert stall_warnings({"probe": {}}, [pong]) == []  # no probe ran (--probe-frames 0): nothing to say
+    two = {"probe": {pong.id: probe(above_below=0.70), breakout.id: probe(left_right=0.10)}}
+    (line,) = stall_warnings(two, [pong, breakout])  # each game's own record; Breakout has no floor
+    assert line.startswith("Pong")
+    assert stall_warnings({"probe": {pong.id: probe(above_below=0.9)}}, [pong, breakout]) == []

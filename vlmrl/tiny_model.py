@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -669,6 +670,24 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(threads)
     report = json.loads((out / TINY_CONFIG_FILE).read_text())["report"]
     print(json.dumps({"output_dir": str(out), **report}))
+    for warning in stall_warnings(report, games):
+        print(f"warning: {warning}; `python -m vlmrl.tiny_model --seed {args.seed + 1} --output-dir {out}` builds "
+              "another (see README, Reproducibility)", file=sys.stderr)
+
+
+def stall_warnings(report: dict, games: Sequence[Game]) -> list[str]:
+    """One line per game whose built base answers its key question below the game's floor on the probe's
+    held-out frames (a build that stalled: it never learned to see what that question asks)."""
+    probes = report.get("probe") or {}
+    out = []
+    for game in games:
+        probe = probes[game.id] if game.id in probes else probes  # (one game's record is that game's probe)
+        answer = (probe.get("pretrained") or {}).get(game.key_question or "", {})
+        floor = game.key_question_floor
+        if floor is not None and "accuracy" in answer and answer["accuracy"] < floor:
+            out.append(f"{game.name}'s probe answers {game.key_question} {answer['accuracy']:.3f}, below the "
+                       f"{floor} of builds that learned to see it: this build may have stalled")
+    return out
 
 
 if __name__ == "__main__":

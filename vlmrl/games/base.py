@@ -112,6 +112,9 @@ class Game:
     #: The question the agent needs most (Pong: is the ball above or below your paddle), weighed double in
     #: a pre-training that names no weights of its own; None: all weigh the same.
     key_question: str | None = None
+    #: A built base whose held-out answer to the key question is below this did not learn to see what the
+    #: game turns on (Pong: a build that never learned where the paddle is); the build warns. None: no check.
+    key_question_floor: float | None = None
     caption_prompt: str | None = None
     #: The caption read back slot by slot (``vlmrl.grounding.read_captions``): (slot name, its pieces).
     caption_slots: tuple[tuple[str, tuple[str, ...]], ...] = ()
