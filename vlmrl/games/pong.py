@@ -514,7 +514,7 @@ class Pong(Game):
     phases = BALL_PHASES
     questions = QUESTIONS
     key_question = "above_below"
-    # Measured (README, Reproducibility): seven builds that learned to see answered it 0.88-0.96 on the probe's
+    # Measured (README, Reproducibility): eleven warm-up builds that learned to see answered it 0.88-0.96 on the probe's
     # held-out frames; the one that stalled (it never learned where the paddle is) 0.72; chance is 0.52.
     key_question_floor = 0.85
     caption_prompt = CAPTION_PROMPT
