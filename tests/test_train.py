@@ -194,6 +194,14 @@ def test_the_vision_head_trains_the_tower_and_leaves_a_plain_checkpoint(tmp_path
     assert json.loads(meta_path(headed, MANIFEST).read_text())["vision_head_weight"] == 2.0
 
 
+def test_the_vision_head_skips_rehearsal_questions(tmp_path, tiny_model, reflections):
+    # Rehearsal mixes perception questions, whose answers name no action, into the training set.
+    metrics = train(*_args(_base_argv(tiny_model, reflections, tmp_path / "o", "--num_train_epochs", "1",
+                                      "--save_strategy", "no", "--rehearsal_share", "0.25",
+                                      "--vision_head_weight", "1")))
+    assert metrics["rehearsal_samples"] > 0 and metrics["vision_head_weight"] == 1.0
+
+
 def test_the_vision_head_on_the_connector_trains_the_image_tokens_the_language_model_reads(tmp_path, tiny_model,
                                                                                           reflections):
     from safetensors.torch import load_file
@@ -235,8 +243,20 @@ def test_the_vision_head_reads_the_action_named_in_each_answer(tiny_model):
     labels = torch.tensor([[-100, -100, brace, token[left], token[noop]],
                            [-100, token[noop], brace, -100, -100]])
     assert head.targets(labels).tolist() == [left, noop]  # the first action token after the prompt
-    with pytest.raises(ValueError, match="names no action"):
-        head.targets(torch.tensor([[-100, brace], [-100, token[noop]]]))
+    # A rehearsal sample's answer names no action: the head skips that row, and a batch of them alone
+    # gives no loss; a run in which no answer ever named one is refused.
+    skipped = head.targets(torch.tensor([[-100, brace], [-100, token[noop]]]))
+    assert skipped.tolist() == [-100, noop]
+    features = torch.randn(2, 16, model.model.vision_model.config.hidden_size, requires_grad=True)
+    head._features = features
+    assert head.loss(model, skipped) > 0
+    head._features = features
+    assert float(head.loss(model, torch.tensor([-100, -100]))) == 0.0
+    head.check_used()
+    fresh = VisionActionHead(AutoModelForImageTextToText.from_pretrained(tiny_model), processor.tokenizer, game, 1.0)
+    fresh.targets(torch.tensor([[-100, brace]]))
+    with pytest.raises(ValueError, match="no training answer named an action"):
+        fresh.check_used()
     head.detach(model)
     assert not hasattr(model, HEAD_NAME)
 

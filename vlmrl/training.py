@@ -371,6 +371,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     if peft_config is not None:
         trainer.model = trainer.model.merge_and_unload()  # a plain checkpoint every phase can load
     if head is not None:
+        head.check_used()
         head.detach(trainer.model)  # the checkpoint is the plain model
     trainer.model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)

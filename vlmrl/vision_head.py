@@ -80,6 +80,7 @@ class VisionActionHead:
         model.add_module(HEAD_NAME, head.to(device=param.device, dtype=param.dtype))
         self._features: torch.Tensor | None = None
         self._hook = source.register_forward_hook(self._keep)
+        self.rows_with_action = 0
 
     def _keep(self, module, args, output) -> None:
         if isinstance(output, torch.Tensor):  # the connector returns its image tokens as they are
@@ -89,14 +90,15 @@ class VisionActionHead:
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Each row's action index: the first answer token (a label that is not -100) that begins an action
-        name (the tiny recipe's answer is ``{"action": "NOOP"}``)."""
+        name (the tiny recipe's answer is ``{"action": "NOOP"}``); -100 for a row whose answer names none (a
+        rehearsal sample's perception question), which the head skips."""
         ids = torch.tensor(list(self.classes), device=labels.device)
         is_action = torch.isin(labels, ids)  # (token ids are >= 0: the masked prompt's -100 is never one)
-        if not is_action.any(1).all():
-            raise ValueError("--vision-head-weight: a training answer names no action (the head learns the "
-                             "corrected action named in each answer)")
         first = labels.gather(1, is_action.int().argmax(1, keepdim=True)).squeeze(1)
-        return torch.tensor([self.classes[int(t)] for t in first], device=labels.device)
+        named = is_action.any(1)
+        self.rows_with_action += int(named.sum())
+        rows = [self.classes[int(t)] if n else -100 for t, n in zip(first.tolist(), named.tolist(), strict=True)]
+        return torch.tensor(rows, device=labels.device)
 
     def loss(self, model, targets: torch.Tensor) -> torch.Tensor:
         """The weighted cross-entropy of the head's answer on the features the last forward kept."""
@@ -108,7 +110,15 @@ class VisionActionHead:
                              f"had {features.shape[0]}")
         head = getattr(unwrap(model), HEAD_NAME)
         logits = head(pool_patches(features))
-        return self.weight * torch.nn.functional.cross_entropy(logits.float(), targets)
+        if not (targets >= 0).any():  # a batch of rehearsal questions alone: nothing for the head to learn
+            return logits.sum() * 0.0
+        return self.weight * torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+    def check_used(self) -> None:
+        """Refuses a training run in which no answer named an action: the head learned nothing."""
+        if self.rows_with_action == 0:
+            raise ValueError("--vision-head-weight: no training answer named an action (the head learns the "
+                             "corrected action named in each answer)")
 
     def detach(self, model) -> None:
         """Removes the hook and the head: what is saved afterwards is the plain model."""
