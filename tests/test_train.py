@@ -192,6 +192,11 @@ def test_the_vision_head_trains_the_tower_and_leaves_a_plain_checkpoint(tmp_path
     from vlmrl.training import MANIFEST
 
     assert json.loads(meta_path(headed, MANIFEST).read_text())["vision_head_weight"] == 2.0
+    torch.manual_seed(12345)  # whatever state the global generator is in, the head starts from the run's seed
+    again = tmp_path / "again"
+    train(*_args(_base_argv(tiny_model, reflections, again, *common, "--vision_head_weight", "2")))
+    c = load_file(again / "model.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)  # one command, one result
 
 
 def test_the_vision_head_skips_rehearsal_questions(tmp_path, tiny_model, reflections):

@@ -353,7 +353,7 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
         from vlmrl.vision_head import VisionActionHead, with_vision_head
 
         head = VisionActionHead(model, processor.tokenizer, get_game(script_args.game), script_args.vision_head_weight,
-                                script_args.vision_head_at)
+                                script_args.vision_head_at, seed=training_args.seed)
         trainer_class = with_vision_head(SFTTrainer)
     trainer = trainer_class(
         model=model,

@@ -69,13 +69,17 @@ class VisionActionHead:
     """The head (a submodule of the model while it trains, so the optimizer and checkpoints hold it), the hook
     that keeps the tower's last patch features of each forward, and the auxiliary loss."""
 
-    def __init__(self, model, tokenizer, game: Game, weight: float, at: str = "tower") -> None:
+    def __init__(self, model, tokenizer, game: Game, weight: float, at: str = "tower", seed: int = 0) -> None:
         if weight <= 0:
             raise ValueError(f"--vision-head-weight must be > 0 to attach a head, got {weight}")
         self.weight = weight
         self.classes = action_token_classes(tokenizer, game)
         source, width = head_input(model, at)
-        head = torch.nn.Linear(2 * width, len(game.actions))
+        # Its initial weights come from the run's seed, not from whatever state the global generator is in
+        # before the Trainer seeds it (measured: without this, two runs of one command trained differently).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(2 * width, len(game.actions))
         param = next(source.parameters())
         model.add_module(HEAD_NAME, head.to(device=param.device, dtype=param.dtype))
         self._features: torch.Tensor | None = None
