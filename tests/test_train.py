@@ -256,7 +256,7 @@ def test_the_vision_head_reads_the_action_named_in_each_answer(tiny_model):
     head._features = features
     assert head.loss(model, skipped) > 0
     head._features = features
-    assert float(head.loss(model, torch.tensor([-100, -100]))) == 0.0
+    assert float(head.loss(model, torch.tensor([-100, -100])).detach()) == 0.0
     head.check_used()
     fresh = VisionActionHead(AutoModelForImageTextToText.from_pretrained(tiny_model), processor.tokenizer, game, 1.0)
     fresh.targets(torch.tensor([[-100, brace]]))
