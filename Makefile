@@ -40,7 +40,8 @@ ADVANTAGE ?=
 # LORA=1: each iteration fine-tunes LoRA adapters (r 16, alpha 32), merged into its checkpoint, not every weight.
 LORA ?=
 # VISION_HEAD=1: while training, a linear head on the vision tower also learns each corrected action, its loss
-# times this weight added (train.py --vision-head-weight; the head is dropped before saving).
+# times this weight added (train.py --vision-head-weight; the head is dropped before saving). The tiny Pong
+# recipe trains with weight 1; VISION_HEAD=0 turns it off.
 VISION_HEAD ?=
 # VISION_HEAD_AT=connector: that head reads the image tokens the language model reads, not the tower's features.
 VISION_HEAD_AT ?=
