@@ -259,6 +259,8 @@ def test_the_vision_head_reads_the_action_named_in_each_answer(tiny_model):
     assert float(head.loss(model, torch.tensor([-100, -100])).detach()) == 0.0
     head.check_used()
     fresh = VisionActionHead(AutoModelForImageTextToText.from_pretrained(tiny_model), processor.tokenizer, game, 1.0)
+    fresh.check_used()  # no batch trained in this process (a run resumed at its last step): nothing to refuse
+    fresh = VisionActionHead(AutoModelForImageTextToText.from_pretrained(tiny_model), processor.tokenizer, game, 1.0)
     fresh.targets(torch.tensor([[-100, brace]]))
     with pytest.raises(ValueError, match="no training answer named an action"):
         fresh.check_used()

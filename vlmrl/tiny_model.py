@@ -671,8 +671,8 @@ def main(argv: list[str] | None = None) -> None:
     report = json.loads((out / TINY_CONFIG_FILE).read_text())["report"]
     print(json.dumps({"output_dir": str(out), **report}))
     for warning in stall_warnings(report, games):
-        print(f"warning: {warning}; `python -m vlmrl.tiny_model --seed {args.seed + 1} --output-dir {out}` builds "
-              "another (see README, Reproducibility)", file=sys.stderr)
+        print(f"warning: {warning}; the same command with --seed {args.seed + 1} builds another (see README, "
+              "Reproducibility)", file=sys.stderr)
 
 
 def stall_warnings(report: dict, games: Sequence[Game]) -> list[str]:

@@ -84,6 +84,7 @@ class VisionActionHead:
         model.add_module(HEAD_NAME, head.to(device=param.device, dtype=param.dtype))
         self._features: torch.Tensor | None = None
         self._hook = source.register_forward_hook(self._keep)
+        self.batches = 0  # (this process's: a run resumed at its last step trains none)
         self.rows_with_action = 0
 
     def _keep(self, module, args, output) -> None:
@@ -100,6 +101,7 @@ class VisionActionHead:
         is_action = torch.isin(labels, ids)  # (token ids are >= 0: the masked prompt's -100 is never one)
         first = labels.gather(1, is_action.int().argmax(1, keepdim=True)).squeeze(1)
         named = is_action.any(1)
+        self.batches += 1
         self.rows_with_action += int(named.sum())
         rows = [self.classes[int(t)] if n else -100 for t, n in zip(first.tolist(), named.tolist(), strict=True)]
         return torch.tensor(rows, device=labels.device)
@@ -120,7 +122,7 @@ class VisionActionHead:
 
     def check_used(self) -> None:
         """Refuses a training run in which no answer named an action: the head learned nothing."""
-        if self.rows_with_action == 0:
+        if self.batches and self.rows_with_action == 0:
             raise ValueError("--vision-head-weight: no training answer named an action (the head learns the "
                              "corrected action named in each answer)")
 
