@@ -85,10 +85,9 @@ class TrainScriptArguments(ObservationArguments):
             raise ValueError(f"--newest-share must be in [0, 1], got {self.newest_share}")
         if not self.vision_head_weight >= 0.0:
             raise ValueError(f"--vision-head-weight must be >= 0, got {self.vision_head_weight}")
-        from vlmrl.vision_head import HEAD_PLACES
+        from vlmrl.vision_head import check_head_place
 
-        if self.vision_head_at not in HEAD_PLACES:
-            raise ValueError(f"--vision-head-at must be one of {', '.join(HEAD_PLACES)}, got {self.vision_head_at!r}")
+        check_head_place(self.vision_head_at)
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise ValueError(f"--rehearsal-share must be in [0, 1), got {self.rehearsal_share}")
         self.observation_config()

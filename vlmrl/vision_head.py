@@ -50,11 +50,16 @@ def vision_tower(model) -> torch.nn.Module:
     return tower
 
 
+def check_head_place(at: str) -> None:
+    """Refuses a ``--vision-head-at`` that names no place the head can read."""
+    if at not in HEAD_PLACES:
+        raise ValueError(f"--vision-head-at must be one of {', '.join(HEAD_PLACES)}, got {at!r}")
+
+
 def head_input(model, at: str) -> tuple[torch.nn.Module, int]:
     """The module whose output the head reads, and that output's width: the vision tower's patch features or
     the connector's image tokens (the language model's width)."""
-    if at not in HEAD_PLACES:
-        raise ValueError(f"--vision-head-at must be one of {', '.join(HEAD_PLACES)}, got {at!r}")
+    check_head_place(at)
     tower = vision_tower(model)
     if at == "tower":
         return tower, tower.config.hidden_size
