@@ -249,3 +249,24 @@ def test_a_seed_run_longer_than_the_others_is_not_the_methods_mean(tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "(1 of 2 seeds)" in markdown and "| 20,000 | – |" in markdown
     assert (out / "comparison.png").stat().st_size > 0
+
+
+def test_runs_from_another_base_model_are_another_method_not_more_seeds(tmp_path):
+    # The transfer runs: one recipe, two starts, two seeds each. Averaging the starts as four seeds would
+    # hide the comparison they exist for.
+    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
+    starts = {"pong": "data/experiments/pong-s0/iteration_6/checkpoint", "base": "data/models/tiny-smolvlm"}
+    runs = []
+    for start, model in starts.items():
+        for seed in (0, 1):
+            folder = _experiment(tmp_path, f"{start}-s{seed}", points)
+            summary = json.loads((folder / "experiment_summary.json").read_text())
+            summary.update(seed=seed, settings={"collect.seed": 100_000 * seed + 1000, "collect.model": model,
+                                                "train.base_model": model, "train.seed": seed})
+            (folder / "experiment_summary.json").write_text(json.dumps(summary))
+            runs.append(folder)
+    report = compare(runs, None, tmp_path / "out")
+    assert {name: m["seeds"] for name, m in report["methods"].items()} == {
+        "vlmrl (tiny/pong, from pong-s0/iteration_6)": ["pong-s0", "pong-s1"],
+        "vlmrl (tiny/pong, from tiny-smolvlm)": ["base-s0", "base-s1"],
+    }

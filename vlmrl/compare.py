@@ -1,8 +1,8 @@
 """Sample efficiency, ours vs classic RL: eval return against agent steps collected, one plot and one table.
 
 Inputs are the records the runs already write: each experiment's experiment_summary.json
-(one curve per experiment; experiments sharing a recipe are seeds of one method) and the
-baselines' results.json files under <baselines>/<algo>/<game-slug>/seed_<s>/budget_<n>/.
+(one curve per experiment; experiments of one recipe whose settings differ only in their seed are seeds
+of one method) and the baselines' results.json files under <baselines>/<algo>/<game-slug>/seed_<s>/budget_<n>/.
 A method's score at a budget is the evaluation of its last checkpoint that had collected no
 more than that many agent steps. Intervals are 95% percentile-bootstrap intervals of the
 mean over seeds, which is what rliable's stratified bootstrap reduces to for a single game
@@ -120,6 +120,42 @@ def refuse_identical_seeds(runs: Sequence[Run]) -> None:
                 "one run twice, not two seeds; run another seed with SEED=<n> and a new EXP"
             )
         seen[key] = run.seed
+
+
+# What tells one seed of a method from another: never a reason to call two runs two methods.
+SEED_SETTINGS = ("collect.seed", "reflect.seed", "train.seed")
+# Where a method starts from: labelled "from <model>".
+START_SETTINGS = ("train.base_model", "collect.model")
+
+
+def _setting_text(key: str, value: Any) -> str:
+    """One setting as a method label shows it: a model path by its last folder (a checkpoint by its
+    experiment and iteration), any other by its short key and value."""
+    if key in START_SETTINGS and isinstance(value, str):
+        path = Path(value)
+        name = f"{path.parent.parent.name}/{path.parent.name}" if path.name == "checkpoint" else path.name
+        return f"from {name}"
+    return f"{key.split('.', 1)[-1]}={value}"
+
+
+def split_methods(runs: Sequence[Run]) -> None:
+    """Runs of one recipe and reflector whose recorded settings differ in anything but their seed (another
+    base model, another knob) are other methods, not more seeds: each run's label gets the settings that
+    set it apart. Runs that recorded no settings keep the recipe's label."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.settings is not None:
+            groups.setdefault(run.method, []).append(run)
+    for method, group in groups.items():
+        keys = sorted({key for run in group for key in run.settings} - set(SEED_SETTINGS))
+        differ = [key for key in keys
+                  if len({json.dumps(run.settings.get(key), sort_keys=True, default=str) for run in group}) > 1]
+        if not differ:
+            continue
+        for run in group:
+            parts = list(dict.fromkeys(_setting_text(key, run.settings.get(key)) for key in differ))
+            extra = ", ".join(parts)
+            run.method = f"{method[:-1]}, {extra})" if method.endswith(")") else f"{method} ({extra})"
 
 
 def _method_name(recipe: Any, settings: dict | None = None) -> str:
@@ -365,6 +401,7 @@ def compare(
             f"nothing to compare: no experiment given and no baseline results under {baselines_dir} for {game}"
         )
 
+    split_methods(experiments)
     by_method: dict[str, list[Run]] = {}
     for run in runs:
         by_method.setdefault(run.method, []).append(run)
@@ -422,7 +459,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="*",
         default=[],
         help="Experiment folders (data/experiments/<name>) or their experiment_summary.json; "
-        "experiments with the same recipe count as seeds of one method.",
+        "experiments whose recipe and recorded settings differ only in their seed count as seeds of one method "
+        "(another base model or knob is another method).",
     )
     parser.add_argument(
         "--baselines", default="data/baselines", help="Baselines root (<algo>/<game-slug>/seed_<s>/budget_<n>)."
