@@ -212,6 +212,9 @@ def test_a_capped_evaluation_is_never_published_in_a_card():
     (["--config", "RECIPE:policy: random\nepisodes: 2.5\n"], "episodes must be a whole number, got 2.5"),
     (["--probe", "vision"], "--probe vision needs a model"),
     (["--probe", "sound"], "--probe must be vision"),
+    (["--action-bias", "stay"], "--action-bias takes class=number pairs separated by commas, e.g. stay=1.5; got"),
+    (["--action-bias", "stay=x"], "got 'stay=x'"),
+    (["--action-bias", "stay=1", "--decode", "generate"], "--action-bias applies to constrained decoding only"),
 ])
 def test_evaluate(tmp_path, capsys, argv, match):
     if argv[0] == "--config":

@@ -146,6 +146,27 @@ def test_sampled_answers_follow_each_episode_stream_whatever_the_batch(tiny_mode
     assert len(set(together.values())) > 1  # the streams differ: the samples differ
 
 
+def test_action_bias_moves_the_decision_threshold(tiny_model, pong_actions, frames):
+    model = load_vlm(tiny_model)
+    processor = load_processor(tiny_model, MOTION)
+    obs = _observations(frames, 8)
+    scores = VLMPolicy(model, processor, PONG, pong_actions, MOTION).action_logprobs(obs)
+    classes = [PONG.action_class(a) for a in pong_actions]
+
+    def picks(bias):
+        return [PONG.action_class(d.action)
+                for d in VLMPolicy(model, processor, PONG, pong_actions, MOTION, action_bias=bias).act(obs)]
+
+    # A bias larger than any gap between the scores makes its class win everywhere, either way round.
+    gap = float(scores.max() - scores.min()) + 1.0
+    assert picks({"up": gap}) == ["up"] * 8
+    assert "stay" not in picks({"stay": -gap})
+    # A bias of zero changes nothing, and the pick is the argmax of the shifted scores.
+    assert picks({"stay": 0.0}) == [classes[i] for i in scores.argmax(-1).tolist()]
+    shift = torch.tensor([0.7 if c == "down" else 0.0 for c in classes])
+    assert picks({"down": 0.7}) == [classes[i] for i in (scores + shift).argmax(-1).tolist()]
+
+
 def test_bad_policy_settings(tiny_model, pong_actions):
     model = load_vlm(tiny_model)
     processor = load_processor(tiny_model, MOTION)
@@ -153,6 +174,8 @@ def test_bad_policy_settings(tiny_model, pong_actions):
         VLMPolicy(model, processor, PONG, pong_actions, MOTION, decode="beam")
     with pytest.raises(ValueError, match="fallback"):
         VLMPolicy(model, processor, PONG, pong_actions, MOTION, fallback_action="JUMP")
+    with pytest.raises(ValueError, match="Pong-v5's action classes are down, stay, up"):
+        VLMPolicy(model, processor, PONG, pong_actions, MOTION, action_bias={"left": 1.0})
 
 
 def test_random_policy_is_seeded(pong_actions):

@@ -44,7 +44,8 @@ MANIFEST = "collection.json"
 SUMMARY = "summary.json"
 # Settings that must match for a re-run to resume a collection rather than mix two.
 _RESUME_KEYS = ("model", "policy", "game", "seed", "max_steps", "decode", "temperature", "frames", "encoding",
-                "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration", "teacher_mix")
+                "crop", "image_size", "frameskip", "repeat_action_probability", "gamma", "iteration", "teacher_mix",
+                "action_bias")
 
 
 def episode_table(episode: EpisodeRecord, *, model: str, iteration: int, gamma: float) -> pa.Table:

@@ -45,6 +45,24 @@ class ObservationArguments:
         return resolve_observation(given, model, default_image_size)
 
 
+def parse_action_bias(text: str | None) -> dict[str, float]:
+    """``stay=1.79,up=-0.5`` as {"stay": 1.79, "up": -0.5}; None or empty gives {}."""
+    biases: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name.strip() or number != number or abs(number) == float("inf"):
+            raise ValueError(f"--action-bias takes class=number pairs separated by commas, e.g. stay=1.5; "
+                             f"got {item.strip()!r}")
+        biases[name.strip().lower()] = number
+    return biases
+
+
 @dataclass
 class PolicyArguments(ObservationArguments):
     """Who plays: a VLM or a baseline policy, and how the VLM decodes."""
@@ -62,6 +80,15 @@ class PolicyArguments(ObservationArguments):
     min_new_tokens: int = field(
         default=0, metadata={"help": "generate mode: at least this many tokens per answer (for timing a fixed length)"}
     )
+    action_bias: str | None = field(
+        default=None,
+        metadata={"help": "constrained mode: added to the log-probability of each action of a class before the "
+                          "pick, e.g. stay=1.79 (the decision threshold: > 0 picks that class more; default none)"},
+    )
+
+    def action_biases(self) -> dict[str, float]:
+        """``--action-bias`` as {class: bias}; empty when not given."""
+        return parse_action_bias(self.action_bias)
 
     def validate_policy(self) -> None:
         from vlmrl.policies import policy_names
@@ -74,6 +101,8 @@ class PolicyArguments(ObservationArguments):
             raise ValueError(f"--decode must be constrained or generate, got {self.decode!r}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.action_biases() and self.decode != "constrained":
+            raise ValueError("--action-bias applies to constrained decoding only (--decode constrained)")
         if self.max_new_tokens < 1 or self.min_new_tokens < 0 or self.min_new_tokens > self.max_new_tokens:
             raise ValueError(f"--max-new-tokens must be >= 1 and --min-new-tokens in [0, max], got "
                              f"{self.max_new_tokens} and {self.min_new_tokens}")

@@ -167,6 +167,8 @@ def evaluate(args: EvaluateArguments) -> dict:
     )
     if args.max_steps is not None:
         results["max_steps"] = args.max_steps  # a capped evaluation says so: it is not the protocol's score
+    if args.policy == "model" and args.action_biases():
+        results["action_bias"] = args.action_biases()  # a shifted decision threshold is not the model's own play
     if state.is_main_process:
         write_results(output_dir / RESULTS, results)
         record_results_owner(output_dir, settings)

@@ -120,6 +120,7 @@ class VLMPolicy:
         seed: int = 0,
         prefix_cache: bool = True,
         model_name: str | None = None,
+        action_bias: dict[str, float] | None = None,
     ) -> None:
         if decode not in ("constrained", "generate"):
             raise ValueError(f"decode must be 'constrained' or 'generate', got {decode!r}")
@@ -147,6 +148,14 @@ class VLMPolicy:
         # One token per action and distinct: a single forward scores them all at the next position.
         self._single_token = all(len(ids) == 1 for ids in self._action_ids) and len(set(first)) == len(first)
         self.prefix_cache = prefix_cache
+        # Constrained mode: a bias per action class added to the scores before the pick (a decision threshold).
+        self.action_bias = None
+        if action_bias:
+            unknown = sorted(set(action_bias) - set(game.action_classes.values()))
+            if unknown:
+                raise ValueError(f"--action-bias names {', '.join(unknown)}: {game.id}'s action classes are "
+                                 f"{', '.join(sorted(set(game.action_classes.values())))}")
+            self.action_bias = torch.tensor([action_bias.get(game.action_class(a), 0.0) for a in actions])
         self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:
@@ -284,7 +293,10 @@ class VLMPolicy:
         if not observations:
             return []
         if self.decode == "constrained":
-            picks = self._pick(self.action_logprobs(observations), observations)
+            scores = self.action_logprobs(observations)
+            if self.action_bias is not None:
+                scores = scores + self.action_bias
+            picks = self._pick(scores, observations)
             return [
                 Decision(self.actions[i], "", ANSWER_PREFIX + self.actions[i] + '"', True) for i in picks
             ]
@@ -334,5 +346,5 @@ def _build(args, game: Game, actions: list[str], seed: int) -> VLMPolicy:
     return VLMPolicy(
         model, processor, game, actions, observation,
         decode=args.decode, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens, seed=seed, model_name=args.model,
+        min_new_tokens=args.min_new_tokens, seed=seed, model_name=args.model, action_bias=args.action_biases(),
     )
