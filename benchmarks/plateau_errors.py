@@ -38,10 +38,17 @@ from vlmrl.games import get_game
 GAME = "ALE/Pong-v5"
 
 
-def parquet_files(folder: str) -> list[str]:
+def parquet_files(folder: str, columns: list[str], what: str) -> list[str]:
+    """The folder's shards, each checked to hold ``columns`` (one line naming what is missing, not Arrow's dump)."""
+    import pyarrow.parquet as pq
+
     files = sorted(glob.glob(str(Path(folder) / "**" / "*.parquet"), recursive=True))
     if not files:
         raise ValueError(f"{folder} holds no dataset shards (*.parquet)")
+    for path in files:
+        missing = [c for c in columns if c not in pq.read_schema(path).names]
+        if missing:
+            raise ValueError(f"{path} is not {what}: it has no {', '.join(missing)} column")
     return files
 
 
@@ -55,8 +62,9 @@ def mistakes(folders: list[str]) -> dict:
     stay_moved: Counter = Counter()
     approaches: dict[str, list[dict]] = {"returned": [], "lost": []}
     for folder in folders:
-        for path in parquet_files(folder):
-            table = pq.read_table(path, columns=["action", "teacher", "reward", "ram"])
+        columns = ["action", "teacher", "reward", "ram"]
+        for path in parquet_files(folder, columns, "an episodes dataset"):
+            table = pq.read_table(path, columns=columns)
             prev = None
             run: list[tuple[str, str]] = []
             alone = True  # every step of the current approach played by the model
@@ -114,7 +122,7 @@ def label_prior(folders: list[str]) -> dict:
     game = get_game(GAME)
     counts: Counter = Counter()
     for folder in folders:
-        for path in parquet_files(folder):
+        for path in parquet_files(folder, ["correct_action"], "a reflections dataset"):
             for action in pq.read_table(path, columns=["correct_action"]).column(0).to_pylist():
                 counts[game.action_class(action)] += 1
     total = sum(counts.values())
