@@ -153,8 +153,9 @@ class VLMPolicy:
         if action_bias:
             unknown = sorted(set(action_bias) - set(game.action_classes.values()))
             if unknown:
-                raise ValueError(f"--action-bias names {', '.join(unknown)}: {game.id}'s action classes are "
-                                 f"{', '.join(sorted(set(game.action_classes.values())))}")
+                known = ", ".join(sorted(set(game.action_classes.values())))
+                raise ValueError(f"--action-bias names {', '.join(unknown)}: " + (
+                    f"{game.id}'s action classes are {known}" if known else f"{game.id} has no action classes"))
             self.action_bias = torch.tensor([action_bias.get(game.action_class(a), 0.0) for a in actions])
         self.reset_prefix_cache()
 
