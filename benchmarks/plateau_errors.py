@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import math
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
+from vlmrl.data import shard_dir
 from vlmrl.games import get_game
 
 GAME = "ALE/Pong-v5"
@@ -42,9 +41,9 @@ def parquet_files(folder: str, columns: list[str], what: str) -> list[str]:
     """The folder's shards, each checked to hold ``columns`` (one line naming what is missing, not Arrow's dump)."""
     import pyarrow.parquet as pq
 
-    files = sorted(glob.glob(str(Path(folder) / "**" / "*.parquet"), recursive=True))
+    files = sorted(str(p) for p in shard_dir(folder).glob("*.parquet"))
     if not files:
-        raise ValueError(f"{folder} holds no dataset shards (*.parquet)")
+        raise ValueError(f"{folder} holds no dataset shards (no {shard_dir(folder)}/*.parquet)")
     for path in files:
         missing = [c for c in columns if c not in pq.read_schema(path).names]
         if missing:

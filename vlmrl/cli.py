@@ -24,6 +24,24 @@ from typing import Any, NoReturn
 from vlmrl.errors import USER_ERRORS, HubPushError, UsageError, disk_error
 
 
+def number_pairs(text: str | None, flag: str, shape: str, example: str) -> dict[str, float]:
+    """A flag's ``name=number,name=number`` as {name: number}; None or empty gives {}. A pair without ``=``, a name,
+    or a finite number is a ValueError naming ``flag`` (``shape``, e.g. ``name=weight``, and ``example`` say what a
+    pair holds)."""
+    pairs: dict[str, float] = {}
+    for item in filter(str.strip, (text or "").split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name.strip() or number != number or abs(number) == float("inf"):
+            raise ValueError(f"{flag} takes {shape} pairs separated by commas, e.g. {example}; "
+                             f"got {item.strip()!r}")
+        pairs[name.strip()] = number
+    return pairs
+
+
 def _one_line_error(prog: str, message: str) -> NoReturn:
     print(f"error: {message} (see {prog} --help)", file=sys.stderr)
     sys.exit(2)

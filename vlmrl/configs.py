@@ -45,24 +45,6 @@ class ObservationArguments:
         return resolve_observation(given, model, default_image_size)
 
 
-def parse_action_bias(text: str | None) -> dict[str, float]:
-    """``stay=1.79,up=-0.5`` as {"stay": 1.79, "up": -0.5}; None or empty gives {}."""
-    biases: dict[str, float] = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        name, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = float("nan")
-        if not sep or not name.strip() or number != number or abs(number) == float("inf"):
-            raise ValueError(f"--action-bias takes class=number pairs separated by commas, e.g. stay=1.5; "
-                             f"got {item.strip()!r}")
-        biases[name.strip().lower()] = number
-    return biases
-
-
 @dataclass
 class PolicyArguments(ObservationArguments):
     """Who plays: a VLM or a baseline policy, and how the VLM decodes."""
@@ -88,7 +70,10 @@ class PolicyArguments(ObservationArguments):
 
     def action_biases(self) -> dict[str, float]:
         """``--action-bias`` as {class: bias}; empty when not given."""
-        return parse_action_bias(self.action_bias)
+        from vlmrl.cli import number_pairs
+
+        pairs = number_pairs(self.action_bias, "--action-bias", "class=number", "stay=1.5")
+        return {name.lower(): bias for name, bias in pairs.items()}
 
     def validate_policy(self) -> None:
         from vlmrl.policies import policy_names

@@ -299,18 +299,6 @@ def build_tiny_model(
     return output_dir
 
 
-def _weights(text: str) -> dict[str, float]:
-    """``name=w,name=w`` -> {name: w}; a malformed pair is a ValueError."""
-    out = {}
-    for pair in filter(None, text.split(",")):
-        name, _, value = pair.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--question-weights wants name=weight pairs separated by commas, got {pair!r}") from None
-    return out
-
-
 def _weights_text(weights: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in weights.items())
 
@@ -645,7 +633,8 @@ def main(argv: list[str] | None = None) -> None:
             settings = dict(frames=args.pretrain_frames, epochs=args.pretrain_epochs, seed=args.seed,
                             physics_caption=args.physics_caption, vision_warmup_targets=args.vision_warmup_targets)
             if args.question_weights is not None:
-                settings["question_weights"] = _weights(args.question_weights)
+                settings["question_weights"] = cli.number_pairs(
+                    args.question_weights, "--question-weights", "name=weight", "above_below=2")
             if args.vision_warmup_steps is not None:  # else the recipe's own: 1,000 a game (for_games)
                 settings["vision_warmup_steps"] = args.vision_warmup_steps
             # Pong alone: the default recipe as it always was (its key question weighed 2 in the defaults).
