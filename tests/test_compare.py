@@ -13,14 +13,14 @@ from vlmrl.results import bootstrap_ci, build_results, eval_seeds, human_normali
 GAME = "ALE/Pong-v5"
 
 
-def _results(returns: list[float], policy: str = "greedy") -> dict:
+def _results(returns: list[float], policy: str = "greedy", agreement: float = 0.5) -> dict:
     return build_results(
         model="m",
         game=GAME,
         policy=policy,
         seeds=eval_seeds(len(returns)),
         returns=returns,
-        oracle_agreement=0.5,
+        oracle_agreement=agreement,
         invalid_rate=0.0,
         env_steps=1000 * len(returns),
         steps_per_s=100.0,
@@ -109,6 +109,22 @@ def test_report_intervals_thresholds_and_files(synthetic):
     markdown = (out / "comparison.md").read_text()
     assert "| 10,000 |" in markdown and "not reached" in markdown
     assert "-19.00 [-20.00, -18.00]" in markdown
+
+
+def test_the_table_gives_each_methods_agreement_over_the_same_seeds(tmp_path):
+    # Seed 0 agrees 0.2, then 0.6; seed 1 0.4 at its only budget. At 2000 both seeds count: (0.6 + 0.4) / 2.
+    base = tmp_path / "baselines"
+    for seed, budgets in {0: {1000: 0.2, 2000: 0.6}, 1: {2000: 0.4}}.items():
+        for budget, agreement in budgets.items():
+            write_results(
+                base / "ppo" / "pong-v5" / f"seed_{seed}" / f"budget_{budget}" / "results.json",
+                _results([-20.0, -19.0], agreement=agreement),
+            )
+    report = compare([], base, tmp_path / "out")
+    row = {r["budget"]: r["methods"]["ppo"] for r in report["table"]}
+    assert row[2000]["oracle_agreement"] == pytest.approx(0.5)
+    assert row[1000]["oracle_agreement"] == pytest.approx(0.2) and row[1000]["n_seeds"] == 1
+    assert "agreement 0.500" in (tmp_path / "out" / "comparison.md").read_text()
 
 
 def test_single_seed_interval_is_over_episodes(tmp_path):

@@ -255,6 +255,7 @@ def at_budget(runs: list[Run], budget: int, game: str) -> dict[str, Any] | None:
         return None
     returns = [results["mean_return"] for _, results in chosen]
     mean, interval, over = _aggregate(returns, chosen[0][1]["ci95"] if len(chosen) == 1 else None)
+    agreements = [results.get("oracle_agreement") for _, results in chosen]
     return {
         "mean_return": mean,
         "interval": interval,
@@ -262,6 +263,9 @@ def at_budget(runs: list[Run], budget: int, game: str) -> dict[str, Any] | None:
         "n_seeds": len(chosen),
         "of_seeds": len(runs),
         "human_normalized": human_normalized(game, mean),
+        # The mean over the same seeds of how often the policy played the oracle's action (None where a
+        # seed's results do not record it).
+        "oracle_agreement": None if None in agreements else float(np.mean(agreements)),
     }
 
 
@@ -289,8 +293,10 @@ def _format_score(entry: dict[str, Any] | None) -> str:
     low, high = entry["interval"]
     hns = entry["human_normalized"]
     hns_text = "" if hns is None else f", HNS {hns:.3f}"
+    agreement = entry.get("oracle_agreement")
+    agreement_text = "" if agreement is None else f", agreement {agreement:.3f}"
     part = f" ({entry['n_seeds']} of {entry['of_seeds']} seeds)" if entry["n_seeds"] < entry["of_seeds"] else ""
-    return f"{entry['mean_return']:.2f} [{low:.2f}, {high:.2f}]{hns_text}{part}"
+    return f"{entry['mean_return']:.2f} [{low:.2f}, {high:.2f}]{hns_text}{agreement_text}{part}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -298,8 +304,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     methods = list(report["methods"])
     lines = [f"# {report['game']}: eval return vs agent steps collected", ""]
     lines.append(
-        "Mean return over seeds [95% interval] and human-normalised score (HNS, 1 = human); a method's "
-        "score at a budget is its last checkpoint within that many agent steps, over the seeds that ran that far."
+        "Mean return over seeds [95% interval], human-normalised score (HNS, 1 = human) and agreement with the "
+        "oracle's action (the mean over the same seeds); a method's score at a budget is its last checkpoint "
+        "within that many agent steps, over the seeds that ran that far."
     )
     lines += ["", "| agent steps | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for row in report["table"]:
