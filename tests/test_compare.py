@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from vlmrl.compare import NOT_REACHED, compare, load_experiment, main, split_by_seeds, steps_to_threshold
+from vlmrl.compare import (
+    NOT_REACHED,
+    compare,
+    far_references,
+    load_experiment,
+    main,
+    split_by_seeds,
+    steps_to_threshold,
+)
 from vlmrl.results import bootstrap_ci, build_results, eval_seeds, human_normalized, write_results
 
 GAME = "ALE/Pong-v5"
@@ -125,6 +133,19 @@ def test_the_table_gives_each_methods_agreement_over_the_same_seeds(tmp_path):
     assert row[2000]["oracle_agreement"] == pytest.approx(0.5)
     assert row[1000]["oracle_agreement"] == pytest.approx(0.2) and row[1000]["n_seeds"] == 1
     assert "agreement 0.500" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_reference_far_off_the_curves_is_named_not_drawn():
+    def report(curve_returns, references):
+        curve = [{"mean_return": r, "interval": [r - 1, r + 1]} for r in curve_returns]
+        levels = {name: {"mean_return": value} for name, value in references.items()}
+        return {"methods": {"m": {"curve": curve}}, "references": levels}
+
+    # Breakout: curves 0-5, oracle 176.5 (far above), random 1.3 (among them).
+    assert far_references(report([0.0, 2.5, 4.0], {"random": 1.3, "oracle": 176.5})) == {"oracle"}
+    # Pong: curves -21..-5, oracle +15.7 is within twice their span above them: drawn.
+    assert far_references(report([-21.0, -12.0, -5.0], {"random": -20.5, "oracle": 15.7})) == set()
+    assert far_references(report([], {"oracle": 176.5})) == set()
 
 
 def test_single_seed_interval_is_over_episodes(tmp_path):

@@ -335,6 +335,27 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def far_references(report: dict[str, Any]) -> set[str]:
+    """The reference lines too far from every curve to draw on its scale: those that would leave the curves
+    (their intervals included) less than a third of the plot's height (Breakout's oracle, 176.5, against
+    curves at 0-10). Where the curves span nothing, a span of 1 stands in."""
+    values = [
+        v
+        for data in report["methods"].values()
+        for point in data["curve"]
+        for v in (point["mean_return"], *point["interval"])
+    ]
+    if not values:
+        return set()
+    low, high = min(values), max(values)
+    span = max(high - low, 1.0)
+    return {
+        name
+        for name, ref in report["references"].items()
+        if ref["mean_return"] > high + 2 * span or ref["mean_return"] < low - 2 * span
+    }
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     """Eval mean return vs agent steps, 95% intervals shaded, reference policies as lines."""
     import matplotlib
@@ -361,9 +382,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
                       markerfacecolor="none", linestyle="--", color=line.get_color(),
                       label=f"{method}, fewer seeds (n={min(p['n_seeds'] for p in partial)}..)")
     styles = {"random": ("grey", ":"), "oracle": ("black", "--")}
+    far = far_references(report)
     for name, ref in report["references"].items():
         color, style = styles.get(name, ("black", "-."))
-        axes.axhline(ref["mean_return"], color=color, linestyle=style, label=f"{name} ({ref['mean_return']:.1f})")
+        if name in far:  # named in the legend, not drawn: its line would squash every curve into a band
+            axes.plot([], [], color=color, linestyle=style, label=f"{name} ({ref['mean_return']:.1f}, off the scale)")
+        else:
+            axes.axhline(ref["mean_return"], color=color, linestyle=style, label=f"{name} ({ref['mean_return']:.1f})")
     axes.set_xlabel("agent steps collected (1 step = 4 frames)")
     axes.set_ylabel("eval mean return")
     axes.set_title(f"{report['game']}: return vs agent steps (95% intervals)")
