@@ -271,6 +271,14 @@ def nested_answers(draw):
     return value, depth, json.dumps(node, ensure_ascii=draw(st.booleans()))
 
 
+@pytest.mark.parametrize("first", ["Infinity", "-Infinity", "NaN", "1", "null"])
+def test_an_action_inside_an_array_is_not_the_answer_whatever_comes_first(first):
+    # Found by the property below: an array opening with a non-finite number (json.dumps writes Infinity and
+    # NaN for them) was read as prose, so the object inside it counted as a top-level answer.
+    parsed = parse_answer(f'[{first}, {{"action": "NOOP"}}]', ACTIONS)
+    assert not parsed.valid and parsed.action is None
+
+
 @PROPERTY
 @given(nested_answers())
 def test_property_only_a_top_level_action_counts(case):

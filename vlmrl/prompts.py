@@ -75,7 +75,8 @@ class ParsedAnswer:
 #
 # The text is read as prose holding JSON spans. A span opens at a ``{`` or ``[`` met in the
 # prose that JSON could follow (after optional whitespace: ``"`` or ``}`` for an object, the
-# start of a value or ``]`` for an array, or the end of the text); other brackets are prose
+# start of a value (``NaN`` and ``Infinity`` too: ``json`` writes and reads them) or ``]`` for an
+# array, or the end of the text); other brackets are prose
 # ("{like this}", "[note]"). A span runs to its matching bracket, counted over JSON strings (a
 # bracket inside a string does not count, nor does a closer of the other kind: ``{ ]`` does not
 # close); a span that never closes runs to the end of the text.
@@ -88,7 +89,7 @@ _STRING = r'"([^"\\]*(?:\\.[^"\\]*)*)"'
 # One token inside a span: a closed string (with, when a colon follows, the string value after
 # it, if that value is a closed string), the quote of a string that never closes, or a bracket.
 _TOKEN_RE = re.compile(_STRING + r"(\s*:\s*(?:" + _STRING + r")?)?" + r'|"|[{}\[\]]', re.S)
-_OPEN_RE = re.compile(r'\{(?=[ \t\n\r]*(?:["}]|\Z))|\[(?=[ \t\n\r]*(?:["{\[\]\-0-9]|true|false|null|\Z))')
+_OPEN_RE = re.compile(r'\{(?=[ \t\n\r]*(?:["}]|\Z))|\[(?=[ \t\n\r]*(?:["{\[\]\-0-9]|true|false|null|NaN|Infinity|\Z))')
 _DECODER = json.JSONDecoder()
 _LENIENT_DECODER = json.JSONDecoder(strict=False)
 _NOT_A_STRING = object()  # the salvaged value of a key followed by something other than a closed string
