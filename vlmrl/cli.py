@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -34,8 +35,8 @@ def number_pairs(text: str | None, flag: str, shape: str, example: str) -> dict[
         try:
             number = float(value)
         except ValueError:
-            number = float("nan")
-        if not sep or not name.strip() or number != number or abs(number) == float("inf"):
+            number = math.nan
+        if not sep or not name.strip() or not math.isfinite(number):
             raise ValueError(f"{flag} takes {shape} pairs separated by commas, e.g. {example}; "
                              f"got {item.strip()!r}")
         pairs[name.strip()] = number
