@@ -31,6 +31,8 @@ EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
+# PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
+PHASE_WEIGHT ?=
 # Who reflects and on what (learning without the oracle): REFLECTOR=grounded|self-imitation|self|model:<id>,
 # OUTCOME=ahead|ball_at_paddle|point|next, REHEARSAL_SHARE=0.2 (perception questions in each training set),
 # ADVANTAGE=1 (self-imitation keeps the steps that beat their episode's mean return). A reflector other than
@@ -72,6 +74,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
+	$(if $(PHASE_WEIGHT),--phase-weight $(PHASE_WEIGHT)) \
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \
 	$(if $(REHEARSAL_SHARE),--rehearsal-share $(REHEARSAL_SHARE)) $(if $(ADVANTAGE),--advantage $(ADVANTAGE)) \
 	$(if $(LORA),--lora $(LORA)) $(if $(VISION_HEAD),--vision-head $(VISION_HEAD)) \

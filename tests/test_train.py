@@ -290,3 +290,53 @@ def test_the_vision_head_is_refused_with_lora_or_a_negative_weight(tmp_path, tin
         result = _run_train(*_base_argv(tiny_model, reflections, tmp_path / "o", *extra))
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "o").exists()
+
+
+def test_a_phase_weight_draws_that_phase_more_often_within_each_class():
+    import numpy as np
+
+    from vlmrl.training import draw_budget
+
+    classes = ["stay"] * 60 + ["up"] * 40
+    toward = np.array([i % 4 == 0 for i in range(100)])  # a quarter of each class's rows
+    weights = np.where(toward, 3.0, 1.0)
+    plain = draw_budget([100], classes, 4000, 0.5, seed=0)
+    weighted = draw_budget([100], classes, 4000, 0.5, seed=0, weights=weights)
+    assert len(weighted) == 4000
+    for picks in (plain, weighted):  # the classes stay balanced
+        assert sum(classes[i] == "up" for i in picks) == 2000
+    # A toward row is three times as likely as another: half the draws (1 part in 4, weighed 3 against 3 x 1).
+    assert abs(toward[plain].mean() - 0.25) < 0.04
+    assert abs(toward[weighted].mean() - 0.5) < 0.04
+
+
+def test_phase_weights_are_read_from_the_answer_keys_and_checked_against_the_game():
+    from vlmrl.training import parse_phase_weights, phase_weights_of_rows
+
+    pong, breakout = get_game("ALE/Pong-v5"), get_game("ALE/Breakout-v5")
+    assert parse_phase_weights("toward=2", pong) == {"toward": 2.0}
+    assert parse_phase_weights("down=2, none=0.5", breakout) == {"down": 2.0, "none": 0.5}
+    answers = [json.dumps({"horizontal": "toward"}), json.dumps({"horizontal": "away"}),
+               json.dumps({"horizontal": None}), None]
+    assert phase_weights_of_rows(answers, pong, {"toward": 2.0, "none": 0.5}).tolist() == [2.0, 1.0, 0.5, 0.5]
+    assert breakout.phase_of_answers({"vertical": "down", "horizontal": "left"}) == "down"
+    for raw, message in (("sideways=2", "no phase 'sideways'"), ("toward", "not PHASE=WEIGHT"),
+                         ("toward=0", "must be a number > 0"), ("toward=nan", "must be a number > 0"),
+                         ("toward=2,toward=3", "given twice")):
+        with pytest.raises(ValueError, match=message):
+            parse_phase_weights(raw, pong)
+    with pytest.raises(ValueError, match="give both"):
+        TrainScriptArguments(reflections=["x"], phase_weight="toward=2")
+
+
+def test_training_with_a_phase_weight_records_it(tmp_path, tiny_model, reflections):
+    out = tmp_path / "ckpt"
+    metrics = train(*_args(_base_argv(tiny_model, reflections, out, "--num_train_epochs", "1", "--save_strategy",
+                                      "no", "--sample-budget", "16", "--phase-weight", "toward=4")))
+    assert metrics["samples"] == 16
+    from vlmrl.data import meta_path
+    from vlmrl.training import MANIFEST
+
+    assert json.loads(meta_path(out, MANIFEST).read_text())["phase_weight"] == "toward=4"
+    result = _run_train(*_base_argv(tiny_model, reflections, tmp_path / "o", "--phase-weight", "toward=2"))
+    assert result.returncode == 2 and "give both" in result.stderr, result.stderr[-2000:]

@@ -171,6 +171,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
             o["lr"] = repr(rate)
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
                       sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft",
+                      phase_weight="--phase-weight",
                       vision_head="--vision-head-weight", vision_head_at="--vision-head-at")
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
@@ -419,6 +420,8 @@ def _add_knobs(p) -> None:
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),
         ("--seed", "the experiment's seed (0-9; default: the recipe's): collection, reflection, training, evaluation"),
         ("--sample-budget", "training samples per iteration, drawn from all iterations' reflections"),
+        ("--phase-weight", "PHASE=W: a step of that phase is W times as likely to be drawn into the sample budget "
+         "as another of its action class (e.g. toward=2 in Pong)"),
         ("--reflector", "who reflects (default: the recipe's): oracle, self, model:<id>, grounded[:<model>], "
          "self-imitation"),
         ("--outcome", "hindsight frame shown to the reflector: ahead, ball_at_paddle (Pong), point or next"),

@@ -69,6 +69,12 @@ class TrainScriptArguments(ObservationArguments):
         metadata={"help": "with --sample-budget: the share of the samples drawn from the last reflections dataset "
                           "(the newest iteration's); the rest come evenly from the others"},
     )
+    phase_weight: str | None = field(
+        default=None,
+        metadata={"help": "with --sample-budget: PHASE=W[,PHASE=W] makes a step of that phase W times as likely to "
+                          "be drawn as another of its action class (e.g. toward=2: Pong's ball coming toward you, "
+                          "read from the reflections' perception_answers); default: every step alike"},
+    )
     push_to_hub_repo: str | None = field(
         default=None, metadata={"help": "Hub model repo to publish the checkpoint to (branch iteration-N)"}
     )
@@ -90,7 +96,46 @@ class TrainScriptArguments(ObservationArguments):
         check_head_place(self.vision_head_at)
         if not 0.0 <= self.rehearsal_share < 1.0:
             raise ValueError(f"--rehearsal-share must be in [0, 1), got {self.rehearsal_share}")
+        if self.phase_weight is not None:
+            if self.sample_budget is None:
+                raise ValueError("--phase-weight weighs the draw of --sample-budget: give both")
+            parse_phase_weights(self.phase_weight, get_game(self.game))
         self.observation_config()
+
+
+def parse_phase_weights(raw: str, game: Game) -> dict[str, float]:
+    """``"toward=2"`` or ``"toward=2,none=0.5"`` -> {phase: weight}, checked against the game's phases."""
+    import math
+
+    if game.phase_question is None:
+        raise ValueError(f"--phase-weight: {game.name} records no phase in its perception answers")
+    weights: dict[str, float] = {}
+    for item in str(raw).split(","):
+        phase, sep, value = item.strip().partition("=")
+        if not sep:
+            raise ValueError(f"--phase-weight: {item.strip()!r} is not PHASE=WEIGHT (e.g. {game.phases[0]}=2)")
+        if phase not in game.phases:
+            known = ", ".join(game.phases)
+            raise ValueError(f"--phase-weight: {game.name} has no phase {phase!r}; its phases: {known}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"--phase-weight: the weight of {phase!r} must be a number > 0, got {value!r}")
+        if phase in weights:
+            raise ValueError(f"--phase-weight: {phase!r} is given twice")
+        weights[phase] = weight
+    return weights
+
+
+def phase_weights_of_rows(answers: list[str | None], game: Game, weights: dict[str, float]):
+    """Each row's draw weight from its ``perception_answers`` JSON (a phase not named weighs 1)."""
+    import json
+
+    import numpy as np
+
+    return np.array([weights.get(game.phase_of_answers(json.loads(a or "{}")), 1.0) for a in answers])
 
 
 def _card_metrics(metrics: dict, training_args) -> dict:
@@ -123,13 +168,15 @@ def balance_by_action_class(dataset, game: Game, seed: int = 0):
     return dataset.select(picks)
 
 
-def draw_budget(sizes: list[int], classes: list[str] | None, budget: int, newest_share: float, seed: int = 0):
+def draw_budget(sizes: list[int], classes: list[str] | None, budget: int, newest_share: float, seed: int = 0,
+                weights=None):
     """Row indices (into the datasets concatenated in order) of a fixed budget of training samples.
 
     The last dataset (the newest iteration's) gives ``newest_share`` of the draws, the others the rest
     in proportion to their size (where there are none, the newest gives all); with ``classes`` each
     corrected-action class gets the same share within each part (the balance of ``balance_actions``).
-    Rows are drawn without replacement while a part has rows enough, then with.
+    Rows are drawn without replacement while a part has rows enough, then with; with ``weights`` (one per
+    row, > 0) a row is drawn in proportion to its weight within its class and part.
     """
     import numpy as np
 
@@ -154,15 +201,17 @@ def draw_budget(sizes: list[int], classes: list[str] | None, budget: int, newest
         per_group = np.full(len(groups), n // len(groups))
         per_group[: n - per_group.sum()] += 1
         for group, k in zip(groups, per_group, strict=True):
-            picks += rng.choice(group, size=int(k), replace=bool(k > len(group))).tolist()
+            p = None if weights is None else weights[group] / weights[group].sum()
+            picks += rng.choice(group, size=int(k), replace=bool(k > len(group)), p=p).tolist()
     picks = np.array(picks, dtype=np.int64)
     rng.shuffle(picks)
     return picks
 
 
-def load_reflections(references: list[str], keep_correct_action: bool = False):
+def load_reflections(references: list[str], keep_correct_action: bool = False, keep_answers: bool = False):
     """Concatenates the reflections datasets, checking each is usable training data; returns the dataset
-    and each reference's row count (in order: the budget's draw weighs the newest part)."""
+    and each reference's row count (in order: the budget's draw weighs the newest part). ``keep_answers``
+    keeps (and requires) the ``perception_answers`` column."""
     if not references:
         raise ValueError("--reflections is required: one or more reflections datasets (folders or Hub ids)")
     parts = []
@@ -173,7 +222,11 @@ def load_reflections(references: list[str], keep_correct_action: bool = False):
             raise ValueError(f"the reflections dataset {ref!r} has no image or images column")
         if len(ds) == 0:
             raise ValueError(f"the reflections dataset {ref!r} is empty: nothing to train on")
-        wanted = ("prompt", "completion", "image", "images", *(("correct_action",) if keep_correct_action else ()))
+        if keep_answers and "perception_answers" not in ds.column_names:
+            raise ValueError(f"--phase-weight reads each step's phase from perception_answers, which the reflections "
+                             f"dataset {ref!r} lacks (written by reflect.py since the rehearsal): drop --phase-weight")
+        wanted = ("prompt", "completion", "image", "images", *(("correct_action",) if keep_correct_action else ()),
+                  *(("perception_answers",) if keep_answers else ()))
         keep = [c for c in wanted if c in ds.column_names]
         parts.append(ds.select_columns(keep))
     return (concatenate_datasets(parts) if len(parts) > 1 else parts[0]), [len(p) for p in parts]
@@ -235,6 +288,9 @@ def train_settings(script_args: TrainScriptArguments, training_args, model_args)
                 "iteration": script_args.iteration}
     if script_args.sample_budget is not None:  # (absent from the records of runs without a budget)
         settings.update(sample_budget=script_args.sample_budget, newest_share=script_args.newest_share)
+        if script_args.phase_weight is not None:  # (absent from the records of runs without it)
+            weights = parse_phase_weights(script_args.phase_weight, get_game(script_args.game))
+            settings["phase_weight"] = ",".join(f"{phase}={w:g}" for phase, w in weights.items())
     settings.update({k: getattr(training_args, k) for k in _RECORDED_HYPER})
     settings["balance_actions"] = script_args.balance_actions
     settings["game"] = script_args.game  # its action classes balance the draw (absent from older records)
@@ -309,13 +365,19 @@ def train(script_args: TrainScriptArguments, training_args, model_args) -> dict:
     output_dir = Path(training_args.output_dir)
     if training_args.process_index == 0:
         ensure_writable(output_dir)
-    dataset, sizes = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions)
+    dataset, sizes = load_reflections(script_args.reflections, keep_correct_action=script_args.balance_actions,
+                                      keep_answers=script_args.phase_weight is not None)
     pool = len(dataset)
     if script_args.sample_budget is not None:
         game = get_game(script_args.game)
         classes = [game.action_class(a) for a in dataset["correct_action"]] if script_args.balance_actions else None
+        weights = None
+        if script_args.phase_weight is not None:
+            weights = phase_weights_of_rows(dataset["perception_answers"], game,
+                                            parse_phase_weights(script_args.phase_weight, game))
+            dataset = dataset.remove_columns(["perception_answers"])
         dataset = dataset.select(draw_budget(sizes, classes, script_args.sample_budget, script_args.newest_share,
-                                             seed=training_args.seed))
+                                             seed=training_args.seed, weights=weights))
     elif script_args.balance_actions:
         dataset = balance_by_action_class(dataset, get_game(script_args.game), seed=training_args.seed)
     if script_args.balance_actions:

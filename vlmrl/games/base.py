@@ -107,6 +107,9 @@ class Game:
     return_thresholds: tuple[float, ...] = ()
     #: Where a step sits in the game, for the agreement split (e.g. Pong's ball toward / away / none).
     phases: tuple[str, ...] = ()
+    #: The question whose answer key names a step's phase (an answer not in ``phases``: "none"), so a
+    #: reflections row's phase can be read back from its ``perception_answers``; None: it cannot.
+    phase_question: str | None = None
     #: The probe's questions about an observation and the pre-training's caption prompt (perception).
     questions: tuple[Question, ...] = ()
     #: The question the agent needs most (Pong: is the ball above or below your paddle), weighed double in
@@ -166,6 +169,13 @@ class Game:
     def phase(self, ram: RAM, prev_ram: RAM | None) -> str:
         """The phase of a step (one of ``phases``); only games with phases answer."""
         raise ValueError(f"{self.name} has no phase split")
+
+    def phase_of_answers(self, answers: dict) -> str:
+        """The phase a step's perception answer key records (``phase_question``'s answer; "none" otherwise)."""
+        if self.phase_question is None:
+            raise ValueError(f"{self.name} has no phase its perception answers record")
+        answer = answers.get(self.phase_question)
+        return answer if answer in self.phases else "none"
 
     # --- what the frames show ------------------------------------------------------------------
 

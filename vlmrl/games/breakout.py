@@ -395,6 +395,8 @@ class Breakout(Game):
     # Three times the random policy's published 1.7, a third of the human's, the human's 30.5.
     return_thresholds = (5.0, 10.0, 30.5)
     phases = BALL_PHASES
+    # Its answer key is the phase, bar a ball already past the paddle (the phase says "none").
+    phase_question = "vertical"
     questions = QUESTIONS
     key_question = "left_right"
     caption_prompt = CAPTION_PROMPT

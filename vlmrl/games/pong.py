@@ -512,6 +512,8 @@ class Pong(Game):
     # Winning a third of the points, half of them, as many as the opponent (a return of 0).
     return_thresholds = (-15.0, -10.0, 0.0)
     phases = BALL_PHASES
+    # Its answer key is the phase, bar the few frames where the RAM has the ball in play but it is not drawn.
+    phase_question = "horizontal"
     questions = QUESTIONS
     key_question = "above_below"
     # Measured (README, Reproducibility): eleven warm-up builds that learned to see answered it 0.88-0.96 on the probe's
