@@ -29,6 +29,9 @@ LR ?=
 LR_SCHEDULE ?=
 EVAL_EPISODES ?=
 EVAL_MAX_STEPS ?=
+# EVAL_EVERY=2: `make experiment` evaluates every 2nd iteration and the last one (the others train only); a later
+# run with EVAL_EVERY=1 evaluates the ones it skipped. `make iteration N=k` always evaluates iteration k.
+EVAL_EVERY ?= 1
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
 # PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
@@ -147,9 +150,14 @@ iteration: $(BASE_DEP) | $(STAMP)
 	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 experiment: $(BASE_DEP) | $(STAMP)
-	$(CHECK) --iterations '$(ITERATIONS)' --base-eval
+	$(CHECK) --iterations '$(ITERATIONS)' --base-eval --eval-every '$(EVAL_EVERY)'
 	@$(MAKE) --no-print-directory $(EXP_DIR)/iteration_0/results.json CHECKED=1
-	@for k in $$(seq 1 $(ITERATIONS)); do $(MAKE) --no-print-directory iteration N=$$k CHECKED=1 || exit $$?; done
+	@for k in $$(seq 1 $(ITERATIONS)); do \
+		if (( k % $(EVAL_EVERY) == 0 || k == $(ITERATIONS) )); then \
+			$(MAKE) --no-print-directory iteration N=$$k CHECKED=1 || exit $$?; \
+		else \
+			$(MAKE) --no-print-directory $(EXP_DIR)/iteration_$$k/checkpoint/train_metrics.json CHECKED=1 || exit $$?; \
+		fi; done
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 # A copy of experiment FROM as it was after iteration AT, to go on with a changed knob:

@@ -4,12 +4,14 @@ Runs (or resumes) ``make experiment`` once per seed (experiment ``<exp>-s<seed>`
 until each has collected ``--steps`` agent steps, then prints one JSON object: per seed and as the
 mean over seeds, at each iteration, the agent steps, eval return with its interval (over episodes
 for one seed, a bootstrap over seeds for the mean), oracle agreement overall and by phase, and the
-iteration's wall time (collection + reflection + training + evaluation). It also plots the mean
+iteration's wall time (collection + reflection + training + evaluation), and each seed's total (the
+iterations ``--eval-every`` leaves unevaluated included). It also plots the mean
 curve against the random and oracle policies, our PPO baseline and the published DreamerV3 and
 PPO Atari-100k curves at equal agent steps (``docs/anchors_pong_atari100k.json``).
 
     python benchmarks/learning_curve.py --exp curve --seeds 3 --steps 100000
     python benchmarks/learning_curve.py --exp curve --seeds 3 --no-run      # read what has run so far
+    python benchmarks/learning_curve.py --exp cost --seeds 1 --eval-every 2  # evaluate every other iteration
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ANCHORS = ROOT / "docs" / "anchors_pong_atari100k.json"
 
 
 def iteration_wall_s(entry: dict) -> float | None:
-    """Seconds an iteration's four phases took, from their own records."""
+    """Seconds an iteration's phases took, from their own records (its evaluation's, where it was evaluated)."""
     trial, refl, train, ev = (entry.get(k) or {} for k in ("trial", "reflection", "train", "eval"))
     parts = [trial.get("wall_s"), refl.get("wall_s"), train.get("wall_s")]
     if ev.get("steps_per_s"):
@@ -38,10 +40,28 @@ def iteration_wall_s(entry: dict) -> float | None:
     return None if any(p is None for p in parts) else round(sum(parts), 1)
 
 
+def total_wall_s(summary: dict) -> float | None:
+    """Seconds every phase of the experiment took, the base model's evaluation and the iterations not evaluated
+    (EVAL_EVERY) included: the sum of the phases' own records, without the processes' start-up."""
+    total = 0.0
+    for e in summary["iterations"]:
+        if e["iteration"] == 0:
+            ev = e.get("eval") or {}
+            total += ev["env_steps"] / ev["steps_per_s"] if ev.get("steps_per_s") else 0.0
+            continue
+        wall = iteration_wall_s(e)
+        if wall is None:
+            return None
+        total += wall
+    return round(total, 1)
+
+
 def curve(summary: dict) -> dict:
     points = []
     for e in summary["iterations"]:
         ev = e["eval"]
+        if ev is None:
+            continue  # trained, not evaluated (EVAL_EVERY)
         split = ev.get("oracle_agreement_by_phase") or {}
         points.append({
             "iteration": e["iteration"],
@@ -57,7 +77,8 @@ def curve(summary: dict) -> dict:
             "wall_s": iteration_wall_s(e) if e["iteration"] else None,
         })
     out = {"experiment": summary["experiment"], "recipe": summary["recipe"], "seed": summary.get("seed"),
-           "points": points}
+           "iterations_trained": max((e["iteration"] for e in summary["iterations"]), default=0),
+           "wall_s_total": total_wall_s(summary), "points": points}
     if len(points) > 1 and points[0]["iteration"] == 0:
         base, last = points[0], points[-1]
         out["return_gain_over_base"] = round(last["mean_return"] - base["mean_return"], 3)
@@ -67,13 +88,13 @@ def curve(summary: dict) -> dict:
 
 
 def mean_curve(curves: list[dict]) -> list[dict]:
-    """Iterations every seed has reached: means over seeds, and a bootstrap interval over seeds."""
+    """Iterations every seed has evaluated: means over seeds, and a bootstrap interval over seeds."""
     from vlmrl.results import bootstrap_ci
 
-    depth = min(len(c["points"]) for c in curves)
+    common = set.intersection(*({p["iteration"] for p in c["points"]} for c in curves))
     out = []
-    for i in range(depth):
-        pts = [c["points"][i] for c in curves]
+    for k in sorted(common):
+        pts = [next(p for p in c["points"] if p["iteration"] == k) for c in curves]
         returns = [p["mean_return"] for p in pts]
         agreement = [p["oracle_agreement"] for p in pts if p["oracle_agreement"] is not None]
         phases = {ph for p in pts for ph in p["agreement_by_phase"]}
@@ -165,12 +186,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..n-1")
     parser.add_argument("--steps", type=int, default=100_000, help="agent steps each seed collects")
     parser.add_argument("--make-args", default="", help="extra Make variables, e.g. 'SAMPLE_BUDGET=8000'")
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="evaluate every k-th iteration and the last (EVAL_EVERY); the others train only")
     parser.add_argument("--no-run", action="store_true", help="only read what has run so far")
     parser.add_argument("--plot", default=None, help="where to save the plot (default: data/experiments/<exp>.png)")
     args = parser.parse_args()
-    if args.seeds < 1 or args.steps < 1:
-        parser.error("--seeds and --steps must be positive")
-    make_args = args.make_args.split()
+    if args.seeds < 1 or args.steps < 1 or args.eval_every < 1:
+        parser.error("--seeds, --steps and --eval-every must be positive")
+    make_args = args.make_args.split() + ([f"EVAL_EVERY={args.eval_every}"] if args.eval_every > 1 else [])
     iterations = math.ceil(args.steps / steps_per_iteration(ROOT / args.recipe, make_args))
     curves, walls = [], {}
     for seed in range(args.seeds):

@@ -56,6 +56,45 @@ def test_summary_with_two_iterations(tmp_path):
     assert png.stat().st_size > 1000
 
 
+
+def test_an_iteration_not_evaluated_is_trained_in_the_summary_and_skipped_by_every_reader(tmp_path):
+    """Under EVAL_EVERY=2 iteration 1 has a checkpoint and no results.json: the summary keeps it (its agent steps
+    count) with "eval": null, the table says so, and the plot, the report page, compare and the learning-curve
+    benchmark read the evaluated iterations only; the benchmark's total wall time still counts iteration 1."""
+    import importlib.util
+
+    from vlmrl.compare import load_experiment
+    from vlmrl.report import summarize
+
+    exp = tmp_path / "exp"
+    write_results(exp / "iteration_0" / "results.json", _results([-21, -20], 0.3))
+    for k in (1, 2):
+        it = exp / f"iteration_{k}"
+        (it / "episodes" / ".vlmrl").mkdir(parents=True)
+        (it / "episodes" / ".vlmrl" / "summary.json").write_text(json.dumps({"steps": 500, "wall_s": 10.0}))
+        (it / "reflections" / ".vlmrl").mkdir(parents=True)
+        (it / "reflections" / ".vlmrl" / "summary.json").write_text(json.dumps({"reflected": 500, "wall_s": 5.0}))
+        (it / "checkpoint").mkdir()
+        (it / "checkpoint" / "train_metrics.json").write_text(json.dumps({"train_loss": 0.5, "wall_s": 100.0}))
+    write_results(exp / "iteration_2" / "results.json", _results([-9, -7], 0.7, toward=0.5))
+    summary = summarize(exp, ROOT / "recipes" / "tiny-smolvlm" / "pong")
+    its = summary["iterations"]
+    assert [e["iteration"] for e in its] == [0, 1, 2] and its[1]["eval"] is None
+    assert [e["env_steps_total"] for e in its[1:]] == [500, 1000]
+    table = format_table(summary)
+    assert "| 1 | 500 |" in table and "not evaluated" in table and "| 2 | 1,000 |" in table
+    page = (exp / "report.html").read_text()
+    assert (exp / "learning_curve.png").exists() and "iteration 2: mean return -8.00" in page
+    run = load_experiment(exp)
+    assert run.steps == [0, 1000] and [r["mean_return"] for r in run.results] == [-20.5, -8.0]
+    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "benchmarks" / "learning_curve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    c = bench.curve(summary)
+    assert [p["iteration"] for p in c["points"]] == [0, 2] and c["iterations_trained"] == 2
+    assert c["wall_s_total"] == 100 / 10 + 2 * (10 + 5 + 100) + 100 / 10  # the base, two iterations, eval 2
+    assert [p["iteration"] for p in bench.mean_curve([c, c])] == [0, 2]
+
 def test_phase_commands_chain_the_iterations(tmp_path):
     recipe = _recipe(tmp_path, "base-model-path")
     exp = tmp_path / "exp"
@@ -287,3 +326,61 @@ def test_another_seed_collects_other_data(tmp_path):
         rows[seed] = load_dataset(out, split="train")
     assert rows[1000]["seed"][0] == 1000 and rows[101_000]["seed"][0] == 101_000
     assert rows[1000]["action"] != rows[101_000]["action"]
+
+
+_STUB_PYTHON = """#!{python}
+# Stands in for the venv's python in the Makefile: `check` runs for real, a phase only writes its output file
+# and logs what ran, summarize/report only log.
+import subprocess, sys
+from pathlib import Path
+args = sys.argv[1:]
+if args[:3] == ["-m", "vlmrl.experiment", "check"]:
+    sys.exit(subprocess.run([{python!r}, *args]).returncode)
+outputs = {{"collect": "episodes/.vlmrl/summary.json", "reflect": "reflections/.vlmrl/summary.json",
+           "train": "checkpoint/train_metrics.json", "evaluate": "results.json"}}
+command = args[2]
+phase = next((a for a in args if a in outputs), "") if command == "phase" else ""
+k = args[args.index("--iteration") + 1] if "--iteration" in args else ""
+with open({log!r}, "a") as log:
+    log.write(f"{{command}} {{phase}} k={{k}}\\n" if phase else command + "\\n")
+if phase:
+    it = Path(args[args.index("--root") + 1]) / args[args.index("--exp") + 1] / f"iteration_{{k}}"
+    out = outputs[phase]
+    (it / out).parent.mkdir(parents=True, exist_ok=True)
+    (it / out).write_text("{{}}")
+"""
+
+
+def test_eval_every_evaluates_every_kth_iteration_and_the_last(tmp_path):
+    """`make experiment ITERATIONS=5 EVAL_EVERY=2` trains all five iterations and evaluates 2, 4 and 5 (and the
+    base); a later EVAL_EVERY=1 evaluates the skipped ones and redoes nothing else; a bad value is refused first."""
+    log = tmp_path / "ran.log"
+    stub = tmp_path / "python"
+    stub.write_text(_STUB_PYTHON.format(python=sys.executable, log=str(log)))
+    stub.chmod(0o755)
+    (tmp_path / "base").mkdir()
+    recipe = _recipe(tmp_path, tmp_path / "base")
+
+    def make(**variables):
+        return subprocess.run(["make", "--no-print-directory", "experiment", f"PY={stub}", "BASE_DEP=", "STAMP=",
+                               f"EXPERIMENTS={tmp_path / 'experiments'}", f"RECIPE={recipe}", "EXP=t",
+                               *[f"{k}={v}" for k, v in variables.items()]],
+                              cwd=ROOT, capture_output=True, text=True)
+
+    result = make(ITERATIONS=5, EVAL_EVERY=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = log.read_text().splitlines()
+    assert [line for line in ran if line.startswith("phase evaluate")] == [
+        "phase evaluate k=0", "phase evaluate k=2", "phase evaluate k=4", "phase evaluate k=5"]
+    assert sum(line.startswith("phase train") for line in ran) == 5
+    log.unlink()
+    result = make(ITERATIONS=5, EVAL_EVERY=1, FORCE=1)  # FORCE: the stub's phases record no settings to compare
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [line for line in log.read_text().splitlines() if line.startswith("phase")] == [
+        "phase evaluate k=1", "phase evaluate k=3"]
+    for bad in ("0", "two", ""):
+        log.unlink(missing_ok=True)
+        refused = make(ITERATIONS=5, EVAL_EVERY=bad, EXP="u")
+        assert refused.returncode != 0 and "EVAL_EVERY" in refused.stderr, refused.stderr[-2000:]
+        assert not log.exists()  # nothing but the check ran
+        assert not (tmp_path / "experiments" / "u").exists()

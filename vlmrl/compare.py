@@ -96,6 +96,8 @@ def load_experiment(experiment_dir: str | Path) -> Run:
         iteration = entry.get("iteration", index)
         if "eval" not in entry:
             raise ValueError(f"{path}: iteration {iteration} has no 'eval' results")
+        if entry["eval"] is None:
+            continue  # trained, not evaluated (EVAL_EVERY)
         if position == 0:
             steps = int(entry.get("env_steps_total", 0))
         elif "env_steps_total" not in entry:

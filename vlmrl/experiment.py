@@ -7,6 +7,9 @@ each phase is exactly the script a user would run by hand (the command is printe
 
     data/experiments/<exp>/iteration_0/results.json           the base model's evaluation
     data/experiments/<exp>/iteration_<k>/{episodes,reflections,checkpoint,results.json}
+
+``make experiment EVAL_EVERY=e`` evaluates only every e-th iteration and the last (the Makefile's loop): the
+others have no results.json, and the summary's entry for them has ``"eval": null``.
 """
 
 from __future__ import annotations
@@ -318,13 +321,14 @@ def _count(raw: str | None, name: str) -> int:
 
 
 def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base_eval: bool = False,
-          force: bool = False) -> list[str]:
+          force: bool = False, eval_every: str = "1") -> list[str]:
     """Checks every phase of iterations 1..``iterations`` (and the base model's evaluation) before any runs:
     each phase's command parsed by its own dataclasses, so a bad knob of a late phase (``LR=abc``,
     ``EVAL_EPISODES=0``) is refused before collection starts. A finished (or started) phase whose recorded
     settings differ from those given is refused too, naming the keys, unless ``force``: then the differences
     are returned (and printed) and the finished phases are kept as they are. Returns the differences."""
     last = _count(iterations, "the iteration count (N or ITERATIONS)")
+    _count(eval_every, "EVAL_EVERY (--eval-every: evaluate every k-th iteration and the last)")
     settings = recipe_settings(recipe)
     o = {key: v for key, v in overrides.items() if v not in (None, "")}
     base = o.get("base_model") or settings["base_model"]
@@ -464,6 +468,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iteration", type=int, required=True, help="iteration k (0: the base model's evaluation)")
     c.add_argument("--iterations", required=True, help="check iterations 1..this (N or ITERATIONS)")
     c.add_argument("--base-eval", action="store_true", help="also the base model's evaluation (entry 0)")
+    c.add_argument("--eval-every", default="1", help="EVAL_EVERY: `make experiment` evaluates every k-th iteration "
+                                                      "and the last; the others train only (default 1: every one)")
     c.add_argument("--force", action="store_true", help="FORCE=1: settings that differ from a phase that ran are "
                                                         "reported, not refused; what ran is kept")
     args = parser.parse_args(argv)
@@ -476,13 +482,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{exp_dir}: iterations 0..{args.at} of {source} ({len(rewritten)} records now name {exp_dir}); "
               f"go on with `make experiment EXP={args.exp} ITERATIONS=<n> <the changed knob>`")
         return
-    skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force")
+    skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force", "eval_every")
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     if args.command == "phase":
         run_phase(args.phase, exp_dir=exp_dir, recipe=Path(args.recipe), k=args.iteration, overrides=overrides)
     elif args.command == "check":
         check(exp_dir=exp_dir, recipe=Path(args.recipe), overrides=overrides, iterations=args.iterations,
-              base_eval=args.base_eval, force=args.force)
+              base_eval=args.base_eval, force=args.force, eval_every=args.eval_every)
     else:
         from vlmrl.report import format_table, summarize
 

@@ -26,15 +26,17 @@ def reference_results(game: str, root: str | Path = "data/reference") -> dict[st
 
 
 def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
-    """experiment_summary.json: entry 0 the base model's eval, entry k the phases of iteration k."""
+    """experiment_summary.json: entry 0 the base model's eval, entry k the phases of iteration k (every iteration
+    trained; ``"eval": None`` for one not evaluated, under ``EVAL_EVERY`` or while its evaluation runs)."""
     iterations = []
     base_eval = iteration_dir(exp_dir, 0) / "results.json"
     if base_eval.exists():
         iterations.append({"iteration": 0, "eval": load_results(base_eval)})
     env_steps_total = 0
     k = 1
-    while (iteration_dir(exp_dir, k) / "results.json").exists():
+    while any((iteration_dir(exp_dir, k) / f).exists() for f in ("results.json", "checkpoint/train_metrics.json")):
         it = iteration_dir(exp_dir, k)
+        results = it / "results.json"
         trial = _read(meta_path(it / "episodes", "summary.json")) or {}
         trial = {key: v for key, v in trial.items() if key != "settings"}
         env_steps_total += int(trial.get("steps", 0))
@@ -44,7 +46,7 @@ def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
                 "trial": trial,
                 "reflection": _read(meta_path(it / "reflections", "summary.json")),
                 "train": _read(it / "checkpoint" / "train_metrics.json"),
-                "eval": load_results(it / "results.json"),
+                "eval": load_results(results) if results.exists() else None,
                 "env_steps_total": env_steps_total,
             }
         )
@@ -98,7 +100,7 @@ def plot_learning_curve(summary: dict, references: dict[str, dict], path: Path) 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    its = summary["iterations"]
+    its = evaluated_entries(summary)
     steps = [e.get("env_steps_total", 0) for e in its]
     mean = [e["eval"]["mean_return"] for e in its]
     low = [e["eval"]["mean_return"] - e["eval"]["ci95"][0] for e in its]
@@ -142,6 +144,11 @@ def plot_learning_curve(summary: dict, references: dict[str, dict], path: Path) 
     return path
 
 
+def evaluated_entries(summary: dict) -> list[dict]:
+    """The summary's entries that hold an evaluation (``EVAL_EVERY`` skips some)."""
+    return [e for e in summary["iterations"] if e.get("eval") is not None]
+
+
 def _present(xs: list, ys: list) -> tuple[list, list]:
     """The points whose value exists (records written before a metric existed lack it)."""
     kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
@@ -154,8 +161,9 @@ def write_tensorboard(summary: dict, log_dir: Path) -> None:
     with SummaryWriter(str(log_dir)) as writer:
         for entry in summary["iterations"]:
             k = entry["iteration"]
-            ev = entry["eval"]
-            writer.add_scalar("eval/mean_return", ev["mean_return"], k)
+            ev = entry["eval"] or {}
+            if ev:
+                writer.add_scalar("eval/mean_return", ev["mean_return"], k)
             if ev.get("oracle_agreement") is not None:
                 writer.add_scalar("eval/oracle_agreement", ev["oracle_agreement"], k)
             if _toward(ev) is not None:
@@ -182,12 +190,14 @@ def table_rows(summary: dict) -> list[list[str]]:
     for e in summary["iterations"]:
         ev, trial = e["eval"], e.get("trial") or {}
         refl, train = e.get("reflection") or {}, e.get("train") or {}
-        rows.append([
-            str(e["iteration"]), f"{e.get('env_steps_total', 0):,}", _fmt(trial.get("mean_return"), "+.2f"),
-            str(refl.get("reflected", "-")), _fmt(refl.get("accuracy"), ".3f"), _fmt(train.get("train_loss"), ".3f"),
-            f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f})",
-            _fmt(ev.get("oracle_agreement"), ".3f"), _fmt(_toward(ev), ".3f"), f"{ev['invalid_rate']:.1%}",
-        ])
+        row = [str(e["iteration"]), f"{e.get('env_steps_total', 0):,}", _fmt(trial.get("mean_return"), "+.2f"),
+               str(refl.get("reflected", "-")), _fmt(refl.get("accuracy"), ".3f"), _fmt(train.get("train_loss"), ".3f")]
+        if ev is None:
+            row += ["not evaluated", "-", "-", "-"]
+        else:
+            row += [f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f})",
+                    _fmt(ev.get("oracle_agreement"), ".3f"), _fmt(_toward(ev), ".3f"), f"{ev['invalid_rate']:.1%}"]
+        rows.append(row)
     return rows
 
 

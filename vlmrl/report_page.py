@@ -172,7 +172,7 @@ def _reflection_cards(exp_dir: Path, k: int) -> str:
 
 def render_report_page(exp_dir: Path, summary: dict, references: dict[str, dict]) -> str:
     """The page's HTML."""
-    from vlmrl.report import TABLE_HEADER, table_rows
+    from vlmrl.report import TABLE_HEADER, evaluated_entries, table_rows
 
     name = html.escape(summary["experiment"])
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vlmrl: {name}</title>"
@@ -194,7 +194,7 @@ def render_report_page(exp_dir: Path, summary: dict, references: dict[str, dict]
     parts.append("<h2>Evaluation videos</h2><p class='meta'>the action played (green where it agrees with the "
                  "oracle's, red where not), the oracle's action and the score, under each frame</p>")
     parts.append("<div class='videos'>")  # side by side: iterations compare at a glance
-    for entry in summary["iterations"]:
+    for entry in evaluated_entries(summary):
         ev = entry["eval"]
         parts.append(f"<div class='iteration'><h3>iteration {entry['iteration']}: mean return "
                      f"{ev['mean_return']:+.2f}</h3>{_videos(exp_dir, entry)}</div>")
