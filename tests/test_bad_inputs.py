@@ -214,6 +214,7 @@ def test_a_capped_evaluation_is_never_published_in_a_card():
     (["--probe", "sound"], "--probe must be vision"),
     (["--action-bias", "stay"], "--action-bias takes class=number pairs separated by commas, e.g. stay=1.5; got"),
     (["--action-bias", "stay=x"], "got 'stay=x'"),
+    (["--action-bias", "stay=1,stay=2"], "--action-bias: 'stay' is given twice"),
     (["--action-bias", "stay=1", "--decode", "generate"], "--action-bias applies to constrained decoding only"),
 ])
 def test_evaluate(tmp_path, capsys, argv, match):

@@ -320,8 +320,8 @@ def test_phase_weights_are_read_from_the_answer_keys_and_checked_against_the_gam
                json.dumps({"horizontal": None}), None]
     assert phase_weights_of_rows(answers, pong, {"toward": 2.0, "none": 0.5}).tolist() == [2.0, 1.0, 0.5, 0.5]
     assert breakout.phase_of_answers({"vertical": "down", "horizontal": "left"}) == "down"
-    for raw, message in (("sideways=2", "no phase 'sideways'"), ("toward", "not PHASE=WEIGHT"),
-                         ("toward=0", "must be a number > 0"), ("toward=nan", "must be a number > 0"),
+    for raw, message in (("sideways=2", "no phase 'sideways'"), ("toward", "takes phase=weight pairs"),
+                         ("toward=0", "must be a number > 0"), ("toward=nan", "got 'toward=nan'"),
                          ("toward=2,toward=3", "given twice")):
         with pytest.raises(ValueError, match=message):
             parse_phase_weights(raw, pong)

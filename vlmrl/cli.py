@@ -27,8 +27,8 @@ from vlmrl.errors import USER_ERRORS, HubPushError, UsageError, disk_error
 
 def number_pairs(text: str | None, flag: str, shape: str, example: str) -> dict[str, float]:
     """A flag's ``name=number,name=number`` as {name: number}; None or empty gives {}. A pair without ``=``, a name,
-    or a finite number is a ValueError naming ``flag`` (``shape``, e.g. ``name=weight``, and ``example`` say what a
-    pair holds)."""
+    or a finite number, and a name given twice, are a ValueError naming ``flag`` (``shape``, e.g. ``name=weight``,
+    and ``example`` say what a pair holds)."""
     pairs: dict[str, float] = {}
     for item in filter(str.strip, (text or "").split(",")):
         name, sep, value = item.partition("=")
@@ -39,6 +39,8 @@ def number_pairs(text: str | None, flag: str, shape: str, example: str) -> dict[
         if not sep or not name.strip() or not math.isfinite(number):
             raise ValueError(f"{flag} takes {shape} pairs separated by commas, e.g. {example}; "
                              f"got {item.strip()!r}")
+        if name.strip() in pairs:
+            raise ValueError(f"{flag}: {name.strip()!r} is given twice")
         pairs[name.strip()] = number
     return pairs
 

@@ -105,27 +105,17 @@ class TrainScriptArguments(ObservationArguments):
 
 def parse_phase_weights(raw: str, game: Game) -> dict[str, float]:
     """``"toward=2"`` or ``"toward=2,none=0.5"`` -> {phase: weight}, checked against the game's phases."""
-    import math
+    from vlmrl.cli import number_pairs
 
     if game.phase_question is None:
         raise ValueError(f"--phase-weight: {game.name} records no phase in its perception answers")
-    weights: dict[str, float] = {}
-    for item in str(raw).split(","):
-        phase, sep, value = item.strip().partition("=")
-        if not sep:
-            raise ValueError(f"--phase-weight: {item.strip()!r} is not PHASE=WEIGHT (e.g. {game.phases[0]}=2)")
+    weights = number_pairs(raw, "--phase-weight", "phase=weight", f"{game.phases[0]}=2")
+    for phase, weight in weights.items():
         if phase not in game.phases:
             known = ", ".join(game.phases)
             raise ValueError(f"--phase-weight: {game.name} has no phase {phase!r}; its phases: {known}")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = float("nan")
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"--phase-weight: the weight of {phase!r} must be a number > 0, got {value!r}")
-        if phase in weights:
-            raise ValueError(f"--phase-weight: {phase!r} is given twice")
-        weights[phase] = weight
+        if weight <= 0:
+            raise ValueError(f"--phase-weight: the weight of {phase!r} must be a number > 0, got {weight:g}")
     return weights
 
 
