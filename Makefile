@@ -188,7 +188,9 @@ compare: | $(STAMP)
 # The quick run: the base model's evaluation, then 2 iterations of 10 episodes, tiny recipe, oracle teacher.
 # Three iterations: the first point the tiny model wins on this recipe (15,000 agent steps).
 DEMO_ITERATIONS ?= 3
-demo: tiny-model reference
+# The tiny model's build runs on one thread: the reference lines run beside it, on the other core.
+demo: | $(STAMP)
+	@$(MAKE) --no-print-directory -j2 tiny-model reference
 	@$(MAKE) --no-print-directory experiment EXP=$(EXP) RECIPE=recipes/tiny-smolvlm/pong ITERATIONS=$(DEMO_ITERATIONS)
 
 clean-demo:
