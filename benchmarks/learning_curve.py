@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -201,7 +202,8 @@ def main() -> None:
         if not args.no_run:
             start = time.perf_counter()
             subprocess.run(["make", "--no-print-directory", "experiment", f"EXP={exp}", f"RECIPE={args.recipe}",
-                            f"ITERATIONS={iterations}", f"SEED={seed}", *make_args], cwd=ROOT, check=True)
+                            f"ITERATIONS={iterations}", f"SEED={seed}", *make_args], cwd=ROOT, check=True,
+                            stdout=sys.stderr)  # the runs' output to stderr: stdout holds the one JSON object
             walls[exp] = round(time.perf_counter() - start, 1)
         path = ROOT / "data" / "experiments" / exp / "experiment_summary.json"
         if path.exists():
