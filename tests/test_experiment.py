@@ -239,6 +239,10 @@ def test_a_branch_keeps_the_iterations_up_to_its_point_and_names_its_own_folders
     cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "branch", "--exp", "b", "--from", "src", "--at",
                           "5", "--root", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert cli.returncode == 2 and "iteration 5" in cli.stderr and not (tmp_path / "b").exists()
+    (src / "iteration_1" / "results.json").unlink()  # trained, not evaluated (EVAL_EVERY)
+    with pytest.raises(ValueError, match="was not evaluated"):
+        branch(src, tmp_path / "c", 1)
+    assert not (tmp_path / "c").exists()
 
 
 def _make(tmp_path, recipe, *targets, **variables):

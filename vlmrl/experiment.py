@@ -374,8 +374,12 @@ def branch(src_dir: Path, new_dir: Path, at: int) -> list[Path]:
         raise FileNotFoundError(f"no experiment at {src_dir} to branch from")
     if new_dir.exists():
         raise ValueError(f"{new_dir} already exists: branch into a new EXP name")
-    if at < 0 or not (iteration_dir(src_dir, at) / "results.json").exists() or (
-            at > 0 and not (iteration_dir(src_dir, at) / "checkpoint" / "train_metrics.json").exists()):
+    trained = at == 0 or (iteration_dir(src_dir, at) / "checkpoint" / "train_metrics.json").exists()
+    if at >= 0 and trained and not (iteration_dir(src_dir, at) / "results.json").exists():
+        raise ValueError(f"iteration {at} of {src_dir} was not evaluated (EVAL_EVERY, or its evaluation is running): "
+                         f"branch at an evaluated iteration, or evaluate it first (make iteration N={at} "
+                         f"EXP={src_dir.name})")
+    if at < 0 or not trained:
         raise ValueError(f"iteration {at} of {src_dir} has not finished (no results.json or checkpoint): branch "
                          "at an iteration that has")
     side = new_dir.with_name(new_dir.name + ".branching")
