@@ -32,6 +32,9 @@ EVAL_MAX_STEPS ?=
 # EVAL_EVERY=2: `make experiment` evaluates every 2nd iteration and the last one (the others train only); a later
 # run with EVAL_EVERY=1 evaluates the ones it skipped. `make iteration N=k` always evaluates iteration k.
 EVAL_EVERY ?= 1
+# LOOP_JOBS=2: `make experiment` evaluates iteration k while iteration k+1 collects, reflects and trains (both start
+# from checkpoint k, so the results are the same); 1 (the default) runs one phase at a time.
+LOOP_JOBS ?= 1
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
 # PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
@@ -150,14 +153,11 @@ iteration: $(BASE_DEP) | $(STAMP)
 	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 experiment: $(BASE_DEP) | $(STAMP)
-	$(CHECK) --iterations '$(ITERATIONS)' --base-eval --eval-every '$(EVAL_EVERY)'
+	$(CHECK) --iterations '$(ITERATIONS)' --base-eval --eval-every '$(EVAL_EVERY)' --loop-jobs '$(LOOP_JOBS)'
 	@$(MAKE) --no-print-directory $(EXP_DIR)/iteration_0/results.json CHECKED=1
-	@for k in $$(seq 1 $(ITERATIONS)); do \
-		if (( k % $(EVAL_EVERY) == 0 || k == $(ITERATIONS) )); then \
-			$(MAKE) --no-print-directory iteration N=$$k CHECKED=1 || exit $$?; \
-		else \
-			$(MAKE) --no-print-directory $(EXP_DIR)/iteration_$$k/checkpoint/train_metrics.json CHECKED=1 || exit $$?; \
-		fi; done
+	@$(MAKE) --no-print-directory -j$(LOOP_JOBS) CHECKED=1 $$(for k in $$(seq 1 $(ITERATIONS)); do \
+		if (( k % $(EVAL_EVERY) == 0 || k == $(ITERATIONS) )); then echo $(EXP_DIR)/iteration_$$k/results.json; \
+		else echo $(EXP_DIR)/iteration_$$k/checkpoint/train_metrics.json; fi; done)
 	$(PY) -m vlmrl.experiment report --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 # A copy of experiment FROM as it was after iteration AT, to go on with a changed knob:

@@ -321,7 +321,7 @@ def _count(raw: str | None, name: str) -> int:
 
 
 def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base_eval: bool = False,
-          force: bool = False, eval_every: str = "1") -> list[str]:
+          force: bool = False, eval_every: str = "1", loop_jobs: str = "1") -> list[str]:
     """Checks every phase of iterations 1..``iterations`` (and the base model's evaluation) before any runs:
     each phase's command parsed by its own dataclasses, so a bad knob of a late phase (``LR=abc``,
     ``EVAL_EPISODES=0``) is refused before collection starts. A finished (or started) phase whose recorded
@@ -329,6 +329,7 @@ def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base
     are returned (and printed) and the finished phases are kept as they are. Returns the differences."""
     last = _count(iterations, "the iteration count (N or ITERATIONS)")
     _count(eval_every, "EVAL_EVERY (--eval-every: evaluate every k-th iteration and the last)")
+    _count(loop_jobs, "LOOP_JOBS (--loop-jobs: phases run at once)")
     settings = recipe_settings(recipe)
     o = {key: v for key, v in overrides.items() if v not in (None, "")}
     base = o.get("base_model") or settings["base_model"]
@@ -474,6 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--base-eval", action="store_true", help="also the base model's evaluation (entry 0)")
     c.add_argument("--eval-every", default="1", help="EVAL_EVERY: `make experiment` evaluates every k-th iteration "
                                                       "and the last; the others train only (default 1: every one)")
+    c.add_argument("--loop-jobs", default="1", help="LOOP_JOBS: phases `make experiment` runs at once (2: iteration "
+                                                    "k's evaluation beside iteration k+1's collection and training)")
     c.add_argument("--force", action="store_true", help="FORCE=1: settings that differ from a phase that ran are "
                                                         "reported, not refused; what ran is kept")
     args = parser.parse_args(argv)
@@ -486,13 +489,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{exp_dir}: iterations 0..{args.at} of {source} ({len(rewritten)} records now name {exp_dir}); "
               f"go on with `make experiment EXP={args.exp} ITERATIONS=<n> <the changed knob>`")
         return
-    skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force", "eval_every")
+    skip = ("command", "phase", "exp", "recipe", "root", "iteration", "iterations", "base_eval", "force", "eval_every",
+            "loop_jobs")
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     if args.command == "phase":
         run_phase(args.phase, exp_dir=exp_dir, recipe=Path(args.recipe), k=args.iteration, overrides=overrides)
     elif args.command == "check":
         check(exp_dir=exp_dir, recipe=Path(args.recipe), overrides=overrides, iterations=args.iterations,
-              base_eval=args.base_eval, force=args.force, eval_every=args.eval_every)
+              base_eval=args.base_eval, force=args.force, eval_every=args.eval_every,
+              loop_jobs=args.loop_jobs)
     else:
         from vlmrl.report import format_table, summarize
 

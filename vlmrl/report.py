@@ -81,7 +81,7 @@ def summarize(exp_dir: Path, recipe: str | Path) -> dict:
     summary = build_summary(exp_dir, recipe)
     write_json(exp_dir / "experiment_summary.json", summary)
     game = recipe_settings(recipe)["game"]
-    if summary["iterations"]:
+    if evaluated_entries(summary):  # a run's first iteration may be trained and its evaluation still running
         references = reference_results(game)
         plot_learning_curve(summary, references, exp_dir / "learning_curve.png")
         write_tensorboard(summary, exp_dir / "tensorboard" / "loop")
