@@ -146,6 +146,7 @@ $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json: $(EXP_DIR)/iteration_%/ref
 
 $(EXP_DIR)/iteration_%/results.json: $(EXP_DIR)/iteration_%/checkpoint/train_metrics.json
 	$(PHASE) evaluate --iteration $*
+	$(PY) -m vlmrl.experiment summarize --exp $(EXP) --root $(EXPERIMENTS) --recipe $(RECIPE)
 
 iteration: $(BASE_DEP) | $(STAMP)
 	$(if $(CHECKED),,$(CHECK) --iterations '$(N)')
@@ -189,9 +190,12 @@ compare: | $(STAMP)
 # Three iterations: the first point the tiny model wins on this recipe (15,000 agent steps).
 DEMO_ITERATIONS ?= 3
 # The tiny model's build runs on one thread: the reference lines run beside it, on the other core.
+# Its loop runs two phases at once (LOOP_JOBS=2) unless LOOP_JOBS is given: 19.4 min from a fresh clone, against 22.5.
+DEMO_LOOP_JOBS = $(if $(filter command line environment,$(origin LOOP_JOBS)),$(LOOP_JOBS),2)
 demo: | $(STAMP)
 	@$(MAKE) --no-print-directory -j2 tiny-model reference
-	@$(MAKE) --no-print-directory experiment EXP=$(EXP) RECIPE=recipes/tiny-smolvlm/pong ITERATIONS=$(DEMO_ITERATIONS)
+	@$(MAKE) --no-print-directory experiment EXP=$(EXP) RECIPE=recipes/tiny-smolvlm/pong ITERATIONS=$(DEMO_ITERATIONS) \
+		LOOP_JOBS=$(DEMO_LOOP_JOBS)
 
 clean-demo:
 	rm -rf data/experiments/demo
