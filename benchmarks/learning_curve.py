@@ -32,13 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ROOT / "docs" / "anchors_pong_atari100k.json"
 
 
+def eval_wall_s(ev: dict | None) -> float:
+    """Seconds an evaluation played (its agent steps at its speed); 0 for none."""
+    return ev["env_steps"] / ev["steps_per_s"] if ev and ev.get("steps_per_s") else 0.0
+
+
 def iteration_wall_s(entry: dict) -> float | None:
     """Seconds an iteration's phases took, from their own records (its evaluation's, where it was evaluated)."""
-    trial, refl, train, ev = (entry.get(k) or {} for k in ("trial", "reflection", "train", "eval"))
+    trial, refl, train = (entry.get(k) or {} for k in ("trial", "reflection", "train"))
     parts = [trial.get("wall_s"), refl.get("wall_s"), train.get("wall_s")]
-    if ev.get("steps_per_s"):
-        parts.append(ev["env_steps"] / ev["steps_per_s"])
-    return None if any(p is None for p in parts) else round(sum(parts), 1)
+    return None if any(p is None for p in parts) else round(sum(parts) + eval_wall_s(entry.get("eval")), 1)
 
 
 def total_wall_s(summary: dict) -> float | None:
@@ -47,8 +50,7 @@ def total_wall_s(summary: dict) -> float | None:
     total = 0.0
     for e in summary["iterations"]:
         if e["iteration"] == 0:
-            ev = e.get("eval") or {}
-            total += ev["env_steps"] / ev["steps_per_s"] if ev.get("steps_per_s") else 0.0
+            total += eval_wall_s(e.get("eval"))
             continue
         wall = iteration_wall_s(e)
         if wall is None:
