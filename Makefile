@@ -35,6 +35,10 @@ EVAL_EVERY ?= 1
 # LOOP_JOBS=2: `make experiment` evaluates iteration k while iteration k+1 collects, reflects and trains (both start
 # from checkpoint k, so the results are the same); 1 (the default) runs one phase at a time.
 LOOP_JOBS ?= 1
+# AVERAGE=11:3: iteration k >= 11 is evaluated (and published) as the mean of the weights of the last 3 checkpoints
+# from 11 on; collection and training still use each iteration's own checkpoint. Default: the recipe's
+# average_checkpoints; AVERAGE=none evaluates each checkpoint as itself.
+AVERAGE ?=
 TEACHER_MIX ?=
 SAMPLE_BUDGET ?=
 # PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
@@ -77,6 +81,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(REFLECTION_RATE),--reflection-rate $(REFLECTION_RATE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
 	$(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(LR),--lr $(LR)) \
 	$(if $(LR_SCHEDULE),--lr-schedule $(LR_SCHEDULE)) \
+	$(if $(AVERAGE),--average $(AVERAGE)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \

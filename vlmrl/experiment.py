@@ -21,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from vlmrl.averaging import POLICY_DIR, average_checkpoints, average_window, parse_average
 from vlmrl.cli import ArgumentParser, run
 from vlmrl.references import hub_repo_id
 
@@ -70,6 +71,10 @@ def recipe_settings(recipe: str | Path) -> dict:
             settings["lr_schedule"] = parse_lr_schedule(settings["lr_schedule"])
         except ValueError as err:
             raise ValueError(f"{path}: lr_schedule: {err}") from None
+    try:
+        parse_average(settings.setdefault("average_checkpoints", 1))
+    except ValueError as err:
+        raise ValueError(f"{path}: average_checkpoints: {err}") from None
     window = settings["reflections_window"]
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"{path}: reflections_window must be a whole number >= 1, got {window!r}")
@@ -129,6 +134,17 @@ def observation_flags(settings: dict) -> list[str]:
     return flags
 
 
+def evaluated_window(settings: dict, overrides: dict, k: int) -> list[int]:
+    """The iterations whose checkpoints' mean iteration k is evaluated as (AVERAGE or the recipe's
+    ``average_checkpoints``); one iteration, k itself, where there is nothing to average."""
+    raw = overrides.get("average", settings.get("average_checkpoints", 1))
+    try:
+        start, last = parse_average(raw)
+    except ValueError as err:
+        raise ValueError(f"AVERAGE (--average): {err}") from None
+    return average_window(k, last, start)
+
+
 def model_for(exp_dir: Path, k: int, base_model: str) -> str:
     """The model that plays iteration k: the base for k = 1, else iteration k-1's checkpoint."""
     return base_model if k <= 1 else str(iteration_dir(exp_dir, k - 1) / "checkpoint")
@@ -179,7 +195,10 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
         if hub:
             cmd += ["--push_to_hub_repo", hub_repo_id(hub, "model")]
     elif phase == "evaluate":
-        model = base if k == 0 else str(it / "checkpoint")
+        if k == 0:
+            model = base
+        else:
+            model = str(it / (POLICY_DIR if len(evaluated_window(settings, o, k)) > 1 else "checkpoint"))
         cmd = [*py, str(ROOT / "evaluate.py"), *config, "--model", model, "--output-dir", str(it), "--seed", str(seed)]
         cmd += _flags(o, eval_episodes="--episodes", eval_max_steps="--max-steps")
         if hub and k > 0:
@@ -203,6 +222,14 @@ def _flags(overrides: dict, **names: str) -> list[str]:
 
 def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dict) -> None:
     cmd = phase_command(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=overrides)
+    if phase == "evaluate" and k > 0:
+        settings = recipe_settings(recipe)
+        window = evaluated_window(settings, {key: v for key, v in overrides.items() if v not in (None, "")}, k)
+        if len(window) > 1:
+            sources = [iteration_dir(exp_dir, j) / "checkpoint" for j in window]
+            print(f"averaging the weights of iterations {window[0]}..{window[-1]} into "
+                  f"{iteration_dir(exp_dir, k) / POLICY_DIR}", flush=True)
+            average_checkpoints(sources, iteration_dir(exp_dir, k) / POLICY_DIR)
     env = dict(os.environ)
     if phase != "reflect":  # the Trainer's TensorBoard callback reads its folder from here, and so do collect/evaluate
         env["TENSORBOARD_LOGGING_DIR"] = str(exp_dir / "tensorboard" / f"{phase}_{k}")
@@ -334,6 +361,7 @@ def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base
     o = {key: v for key, v in overrides.items() if v not in (None, "")}
     base = o.get("base_model") or settings["base_model"]
     experiment_seed(settings, o)
+    evaluated_window(settings, o, 1)
     if "lr_schedule" in o:
         try:
             parse_lr_schedule(o["lr_schedule"])
@@ -422,6 +450,9 @@ def _add_knobs(p) -> None:
         ("--lr-schedule", "iteration:rate steps, e.g. 11:3e-4 (from iteration 11 on each cosine starts at 3e-4; the "
          "iterations before keep --lr or train.yaml's); 'none' drops the recipe's lr_schedule"),
         ("--eval-episodes", "evaluation episodes"),
+        ("--average", "START:COUNT, e.g. 11:3: evaluate iteration k >= 11 as the mean of the weights of the last 3 "
+         "checkpoints from 11 on ('none': each as itself; default: the recipe's average_checkpoints); collection "
+         "and training are unchanged"),
         ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
