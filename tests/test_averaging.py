@@ -144,5 +144,5 @@ def test_a_mean_of_tiny_models_loads_and_plays_like_them(tiny_model, tmp_path):
 
     out = average_checkpoints([tiny_model, tiny_model], tmp_path / "policy")
     a, b = load_vlm(tiny_model), load_vlm(str(out))
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name

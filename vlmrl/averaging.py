@@ -4,9 +4,9 @@ Late in the loop the checkpoints swing from one iteration to the next (a few poi
 around the same level). ``average_checkpoints`` writes one model whose floating-point weights are the plain
 mean of several checkpoints' (same architecture, same keys); ``make experiment AVERAGE=s:m`` evaluates
 iteration k >= s as the mean of checkpoints max(s, k-m+1)..k (the earlier ones as themselves: while the
-policy still improves fast, the mean of iterations 1 and 2 played worse than iteration 2 alone). Collection and training still use each
-iteration's own checkpoint, so the loop's data and checkpoints are the same with or without it; only what
-is evaluated (and published) changes.
+policy still improves fast, the mean of iterations 1 and 2 played worse than iteration 2 alone). Collection
+and training still use each iteration's own checkpoint, so the loop's data and checkpoints are the same with
+or without it; only what is evaluated (and published) changes.
 
     iteration_<k>/policy/                 the averaged model (config, tokenizer, card from checkpoint k)
     iteration_<k>/policy/vlmrl_average.json   which checkpoints, with their weights' SHA-256
@@ -46,7 +46,8 @@ def parse_average(raw) -> tuple[int, int]:
         start, last = int(start_text.strip()), int(last_text.strip())
     except ValueError:
         start = last = 0
-    if isinstance(raw, bool) or start < 1 or last < 1 or f"{start}:{last}" != f"{start_text.strip()}:{last_text.strip()}":
+    written = f"{start_text.strip()}:{last_text.strip()}"
+    if isinstance(raw, bool) or start < 1 or last < 1 or f"{start}:{last}" != written:
         raise ValueError(f"expected START:COUNT (e.g. 11:3: from iteration 11 on, the mean of the last 3 "
                          f"checkpoints from 11 on), COUNT, or none; got {raw!r}")
     return start, last
@@ -86,7 +87,7 @@ def average_checkpoints(sources: list[str | Path], out: str | Path) -> Path:
         pass
     states = [load_file(src / WEIGHTS) for src in sources]
     last = states[-1]
-    for src, state in zip(sources, states):
+    for src, state in zip(sources, states, strict=True):
         if set(state) != set(last) or any(state[k].shape != last[k].shape or state[k].dtype != last[k].dtype
                                           for k in last):
             raise ValueError(f"{src} is not the same architecture as {sources[-1]}: its weights' names, shapes or "
