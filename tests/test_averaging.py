@@ -135,8 +135,9 @@ def test_the_evaluation_phase_writes_the_mean_before_it_evaluates(tmp_path, monk
     for k in (11, 14):
         experiment.run_phase("evaluate", exp_dir=exp, recipe=recipe, k=k, overrides={"average": "11:3"})
     assert seen == [("iteration_11/checkpoint", 1.0), ("iteration_14/policy", 4.0)]  # (2 + 3 + 7) / 3
-    assert json.loads((exp / "iteration_14" / "policy" / RECORD).read_text())["sources"] == \
-        [str(exp / f"iteration_{k}" / "checkpoint") for k in (12, 13, 14)]
+    record = json.loads((exp / "iteration_14" / "policy" / RECORD).read_text())
+    assert record["sources"] == [str(exp / f"iteration_{k}" / "checkpoint") for k in (12, 13, 14)]
+    assert record["average"] == "11:3"  # what `make compare` tells this method by
 
 
 def test_a_mean_of_tiny_models_loads_and_plays_like_them(tiny_model, tmp_path):

@@ -268,6 +268,37 @@ def test_an_experiments_settings_record_who_reflected(tmp_path):
     assert "collect.output_dir" not in settings and settings["train.seed"] == 0
 
 
+def test_the_same_checkpoints_evaluated_as_means_are_another_method(tmp_path):
+    from vlmrl.averaging import POLICY_DIR, RECORD
+    from vlmrl.data import meta_path
+    from vlmrl.report import run_settings
+
+    settings = {}
+    for name, average in (("each", None), ("mean", "2:3")):
+        exp = tmp_path / name
+        path = meta_path(exp / "iteration_1" / "episodes", "summary.json")
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"settings": {"seed": 1000}}))
+        for k in (2, 3):
+            (exp / f"iteration_{k}").mkdir(exist_ok=True)
+            (exp / f"iteration_{k}" / "results.json").write_text("{}")
+        if average:
+            (exp / "iteration_3" / POLICY_DIR).mkdir()
+            (exp / "iteration_3" / POLICY_DIR / RECORD).write_text(json.dumps({"average": average, "sources": []}))
+        settings[name] = run_settings(exp)["settings"]
+    assert "evaluate.average" not in settings["each"] and settings["mean"]["evaluate.average"] == "2:3"
+    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
+    runs = []
+    for name, recorded in settings.items():
+        folder = _experiment(tmp_path / "c", name, points)
+        summary = json.loads((folder / "experiment_summary.json").read_text())
+        summary.update(seed=0, settings=recorded)
+        (folder / "experiment_summary.json").write_text(json.dumps(summary))
+        runs.append(folder)
+    report = compare(runs, None, tmp_path / "out")  # the same seed twice, but two methods: not refused
+    assert set(report["methods"]) == {"vlmrl (tiny/pong, average=None)", "vlmrl (tiny/pong, average=2:3)"}
+
+
 def test_a_seed_run_longer_than_the_others_is_not_the_methods_mean(tmp_path):
     # seed a ran three iterations, seed b two: past 10,000 steps only a speaks, and says so
     exp_a = _experiment(tmp_path, "a", [(0, [-21.0]), (5000, [-18.0]), (10000, [-16.0]), (15000, [-5.0])])

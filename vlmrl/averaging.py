@@ -61,14 +61,17 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record(sources: list[Path]) -> dict:
-    return {"sources": [str(s) for s in sources], "weights_sha256": [_digest(s / WEIGHTS) for s in sources]}
+def _record(sources: list[Path], note: dict | None) -> dict:
+    record = dict(note or {})
+    record.update(sources=[str(s) for s in sources], weights_sha256=[_digest(s / WEIGHTS) for s in sources])
+    return record
 
 
-def average_checkpoints(sources: list[str | Path], out: str | Path) -> Path:
+def average_checkpoints(sources: list[str | Path], out: str | Path, note: dict | None = None) -> Path:
     """Writes ``out``: checkpoint ``sources[-1]`` with every floating-point weight replaced by the mean over
     ``sources`` (summed in float64, cast back). Written beside ``out`` first and renamed, so an interrupted run
-    leaves the previous ``out`` or none; an ``out`` already made from the same weights is kept as it is."""
+    leaves the previous ``out`` or none; an ``out`` already made from the same weights is kept as it is.
+    ``note`` (e.g. the AVERAGE that chose the sources) is kept in the record beside them."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -79,7 +82,7 @@ def average_checkpoints(sources: list[str | Path], out: str | Path) -> Path:
     for src in sources:
         if not (src / WEIGHTS).is_file():
             raise FileNotFoundError(f"{src / WEIGHTS} not found: every checkpoint averaged needs its weights")
-    record = _record(sources)
+    record = _record(sources, note)
     try:
         if json.loads((out / RECORD).read_text()) == record and (out / WEIGHTS).is_file():
             return out

@@ -134,14 +134,19 @@ def observation_flags(settings: dict) -> list[str]:
     return flags
 
 
+def average_spec(settings: dict, overrides: dict) -> tuple[int, int]:
+    """(start, count) of AVERAGE, else of the recipe's ``average_checkpoints``; (1, 1) averages nothing."""
+    raw = overrides.get("average", settings.get("average_checkpoints", 1))
+    try:
+        return parse_average(raw)
+    except ValueError as err:
+        raise ValueError(f"AVERAGE (--average): {err}") from None
+
+
 def evaluated_window(settings: dict, overrides: dict, k: int) -> list[int]:
     """The iterations whose checkpoints' mean iteration k is evaluated as (AVERAGE or the recipe's
     ``average_checkpoints``); one iteration, k itself, where there is nothing to average."""
-    raw = overrides.get("average", settings.get("average_checkpoints", 1))
-    try:
-        start, last = parse_average(raw)
-    except ValueError as err:
-        raise ValueError(f"AVERAGE (--average): {err}") from None
+    start, last = average_spec(settings, overrides)
     return average_window(k, last, start)
 
 
@@ -224,12 +229,14 @@ def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dic
     cmd = phase_command(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=overrides)
     if phase == "evaluate" and k > 0:
         settings = recipe_settings(recipe)
-        window = evaluated_window(settings, {key: v for key, v in overrides.items() if v not in (None, "")}, k)
+        given = {key: v for key, v in overrides.items() if v not in (None, "")}
+        window = evaluated_window(settings, given, k)
         if len(window) > 1:
             sources = [iteration_dir(exp_dir, j) / "checkpoint" for j in window]
             print(f"averaging the weights of iterations {window[0]}..{window[-1]} into "
                   f"{iteration_dir(exp_dir, k) / POLICY_DIR}", flush=True)
-            average_checkpoints(sources, iteration_dir(exp_dir, k) / POLICY_DIR)
+            start, last = average_spec(settings, given)
+            average_checkpoints(sources, iteration_dir(exp_dir, k) / POLICY_DIR, note={"average": f"{start}:{last}"})
     env = dict(os.environ)
     if phase != "reflect":  # the Trainer's TensorBoard callback reads its folder from here, and so do collect/evaluate
         env["TENSORBOARD_LOGGING_DIR"] = str(exp_dir / "tensorboard" / f"{phase}_{k}")

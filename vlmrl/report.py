@@ -73,7 +73,21 @@ def run_settings(exp_dir: Path) -> dict:
     settings.update({f"reflect.{k}": v for k, v in reflect.items() if k not in (*_WHERE, "episodes", "model")})
     train = _read(meta_path(iteration_dir(exp_dir, 1) / "checkpoint", "vlmrl_train.json")) or {}
     settings.update({f"train.{k}": v for k, v in train.items() if k not in ("reflections", "output_dir")})
+    # What was evaluated: runs whose checkpoints are the same but evaluated as means (AVERAGE) are two methods.
+    average = evaluated_average(exp_dir)
+    if average:
+        settings["evaluate.average"] = average
     return {"seed": int(collect["seed"]) // 100_000, "settings": settings}
+
+
+def evaluated_average(exp_dir: Path) -> str | None:
+    """The AVERAGE (``start:count``) the experiment's averaged evaluations ran with (several, comma-joined, where
+    FORCE mixed them); None where every iteration was evaluated as its own checkpoint."""
+    from vlmrl.averaging import POLICY_DIR, RECORD
+
+    records = [_read(path / POLICY_DIR / RECORD) for path in exp_dir.glob("iteration_*")
+               if (path / "results.json").exists()]
+    return ",".join(sorted({str(r["average"]) for r in records if r and r.get("average")})) or None
 
 
 def summarize(exp_dir: Path, recipe: str | Path) -> dict:
