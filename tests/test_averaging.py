@@ -147,3 +147,18 @@ def test_a_mean_of_tiny_models_loads_and_plays_like_them(tiny_model, tmp_path):
     a, b = load_vlm(tiny_model), load_vlm(str(out))
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_the_command_line_writes_the_mean_and_refuses_mistakes_in_one_line(tmp_path):
+    a, b = _checkpoint(tmp_path / "a", 1.0), _checkpoint(tmp_path / "b", 3.0)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "vlmrl.averaging", *map(str, args)], capture_output=True,
+                              text=True, cwd=ROOT)
+
+    done = cli("--output-dir", tmp_path / "mean", a, b)
+    assert done.returncode == 0 and load_file(tmp_path / "mean" / "model.safetensors")["w"][0, 1].item() == 2.0
+    for args in (("--output-dir", tmp_path / "m2", a, tmp_path / "missing"), ("--output-dir", a, a, b)):
+        refused = cli(*args)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "m2").exists() and (a / "model.safetensors").exists()

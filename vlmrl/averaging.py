@@ -128,3 +128,25 @@ def _note_in_card(folder: Path, sources: list[Path]) -> None:
     text = (f"**Averaged weights.** This model is the mean of {len(sources)} checkpoints' weights ({names}), "
             f"the last of which gave its configuration and tokenizer; `{RECORD}` names them with their SHA-256.")
     card.write_text(upsert_section(card.read_text(), "average", text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vlmrl.cli import ArgumentParser
+
+    parser = ArgumentParser(description="Write one model whose weights are the mean of several checkpoints' (same "
+                                         "architecture); the last one gives its configuration, tokenizer and card. "
+                                         "Evaluate it with evaluate.py --model <output-dir>.")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders (each with model.safetensors)")
+    parser.add_argument("--output-dir", required=True, help="where the averaged model goes (replaced if it exists)")
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    if out.resolve() in {Path(c).resolve() for c in args.checkpoints}:
+        raise ValueError(f"--output-dir {out} is one of the checkpoints averaged: write the mean elsewhere")
+    average_checkpoints(args.checkpoints, out)
+    print(f"wrote the mean of {len(args.checkpoints)} checkpoints to {out}")
+
+
+if __name__ == "__main__":
+    from vlmrl.cli import run
+
+    run(main)
