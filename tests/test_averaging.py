@@ -162,3 +162,26 @@ def test_the_command_line_writes_the_mean_and_refuses_mistakes_in_one_line(tmp_p
         refused = cli(*args)
         assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert not (tmp_path / "m2").exists() and (a / "model.safetensors").exists()
+
+
+def test_the_table_says_which_checkpoints_an_iteration_was_evaluated_as(tmp_path):
+    from vlmrl.report import build_summary, format_table
+    from vlmrl.results import build_results, write_results
+
+    exp = tmp_path / "exp"
+    for k in (1, 2):
+        it = exp / f"iteration_{k}"
+        model = it / ("policy" if k == 2 else "checkpoint")
+        (it / "checkpoint").mkdir(parents=True)
+        (it / "checkpoint" / "train_metrics.json").write_text("{}")
+        results = build_results(model=str(model), game="ALE/Pong-v5", policy="model", seeds=[0, 1],
+                                returns=[-3.0, -5.0], oracle_agreement=0.8, invalid_rate=0.0, env_steps=10,
+                                steps_per_s=1.0, video=None)
+        write_results(it / "results.json", results)
+    (exp / "iteration_2" / "policy").mkdir()
+    (exp / "iteration_2" / "policy" / RECORD).write_text(json.dumps(
+        {"average": "1:2", "sources": [str(exp / f"iteration_{k}" / "checkpoint") for k in (1, 2)]}))
+    summary = build_summary(exp, ROOT / "recipes" / "tiny-smolvlm" / "pong")
+    assert "evaluated_as" not in summary["iterations"][0] and summary["iterations"][1]["evaluated_as"] == [1, 2]
+    rows = format_table(summary).splitlines()
+    assert "mean of" not in rows[2] and "mean of 1-2)" in rows[3]

@@ -27,7 +27,8 @@ def reference_results(game: str, root: str | Path = "data/reference") -> dict[st
 
 def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
     """experiment_summary.json: entry 0 the base model's eval, entry k the phases of iteration k (every iteration
-    trained; ``"eval": None`` for one not evaluated, under ``EVAL_EVERY`` or while its evaluation runs)."""
+    trained; ``"eval": None`` for one not evaluated, under ``EVAL_EVERY`` or while its evaluation runs;
+    ``"evaluated_as": [k-2, k-1, k]`` where it was evaluated as the mean of those checkpoints, AVERAGE)."""
     iterations = []
     base_eval = iteration_dir(exp_dir, 0) / "results.json"
     if base_eval.exists():
@@ -50,6 +51,9 @@ def build_summary(exp_dir: Path, recipe: str | Path) -> dict:
                 "env_steps_total": env_steps_total,
             }
         )
+        averaged = averaged_iterations(it, iterations[-1]["eval"])
+        if averaged:
+            iterations[-1]["evaluated_as"] = averaged
         k += 1
     summary = {"experiment": exp_dir.name, "recipe": str(recipe), "iterations": iterations}
     summary.update(run_settings(exp_dir))
@@ -78,6 +82,18 @@ def run_settings(exp_dir: Path) -> dict:
     if average:
         settings["evaluate.average"] = average
     return {"seed": int(collect["seed"]) // 100_000, "settings": settings}
+
+
+def averaged_iterations(it: Path, results: dict | None) -> list[int] | None:
+    """The iterations whose checkpoints' mean iteration folder ``it`` was evaluated as (AVERAGE); None where it
+    was evaluated as its own checkpoint."""
+    from vlmrl.averaging import POLICY_DIR, RECORD
+
+    if not results or Path(str(results.get("model"))).name != POLICY_DIR:
+        return None
+    record = _read(it / POLICY_DIR / RECORD) or {}
+    names = [Path(source).parent.name for source in record.get("sources", [])]
+    return [int(name.rsplit("_", 1)[-1]) for name in names if name.rsplit("_", 1)[-1].isdigit()] or None
 
 
 def evaluated_average(exp_dir: Path) -> str | None:
@@ -209,7 +225,9 @@ def table_rows(summary: dict) -> list[list[str]]:
         if ev is None:
             row += ["not evaluated", "-", "-", "-"]
         else:
-            row += [f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f})",
+            averaged = e.get("evaluated_as")
+            note = f", mean of {averaged[0]}-{averaged[-1]}" if averaged else ""
+            row += [f"{ev['mean_return']:+.2f} ({ev['ci95'][0]:+.2f}..{ev['ci95'][1]:+.2f}{note})",
                     _fmt(ev.get("oracle_agreement"), ".3f"), _fmt(_toward(ev), ".3f"), f"{ev['invalid_rate']:.1%}"]
         rows.append(row)
     return rows
