@@ -31,6 +31,13 @@ def _checkpoint(folder: Path, scale: float, steps: int = 7) -> Path:
 def test_the_mean_of_checkpoints_keeps_the_last_ones_files_and_names_its_sources(tmp_path):
     sources = [_checkpoint(tmp_path / f"iteration_{k}" / "checkpoint", scale, steps=k)
                for k, scale in ((1, 1.0), (2, 2.0), (3, 4.5))]
+    from vlmrl.cards import add_eval_results_to_card
+    from vlmrl.results import build_results
+
+    add_eval_results_to_card(sources[-1], build_results(
+        model=str(sources[-1]), game="ALE/Pong-v5", policy="model", seeds=[0], returns=[-3.0], oracle_agreement=0.8,
+        invalid_rate=0.0, env_steps=10, steps_per_s=1.0, video=None))
+    assert "mean_reward" in (sources[-1] / "README.md").read_text()
     out = average_checkpoints(sources, tmp_path / "policy")
     mean = load_file(out / "model.safetensors")
     expected = torch.arange(6, dtype=torch.float64).reshape(2, 3) * (1.0 + 2.0 + 4.5) / 3
@@ -42,7 +49,9 @@ def test_the_mean_of_checkpoints_keeps_the_last_ones_files_and_names_its_sources
     record = json.loads((out / RECORD).read_text())
     assert record["sources"] == [str(s) for s in sources] and len(set(record["weights_sha256"])) == 3
     card = (out / "README.md").read_text()
-    assert "mean of 3 checkpoints" in card and "`iteration_1`" in card and card.startswith("---\nlibrary_name")
+    assert "mean of 3 checkpoints" in card and "`iteration_1`" in card and "library_name: transformers" in card
+    # The last checkpoint's evaluation was another model's: not in the mean's card until the mean is evaluated.
+    assert "mean_reward" not in card and "vlmrl:begin evaluation" not in card and "# a card" in card
     # The same sources again: kept as it is. A source that changed: made again.
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert average_checkpoints(sources, out) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
@@ -185,3 +194,16 @@ def test_the_table_says_which_checkpoints_an_iteration_was_evaluated_as(tmp_path
     assert "evaluated_as" not in summary["iterations"][0] and summary["iterations"][1]["evaluated_as"] == [1, 2]
     rows = format_table(summary).splitlines()
     assert "mean of" not in rows[2] and "mean of 1-2)" in rows[3]
+
+
+def test_an_evaluation_writes_into_the_card_of_a_checkpoint_or_a_mean_never_another(tmp_path):
+    from vlmrl.data import meta_path
+    from vlmrl.evaluation import writes_card
+    from vlmrl.training import MANIFEST
+
+    trained, mean, other = (_checkpoint(tmp_path / name, 1.0) for name in ("trained", "mean", "other"))
+    meta_path(trained, MANIFEST).write_text("{}")
+    (mean / RECORD).write_text("{}")
+    assert writes_card(trained) and writes_card(mean) and not writes_card(other)
+    (mean / "README.md").unlink()
+    assert not writes_card(mean)

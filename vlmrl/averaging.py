@@ -119,15 +119,25 @@ def average_checkpoints(sources: list[str | Path], out: str | Path, note: dict |
 
 
 def _note_in_card(folder: Path, sources: list[Path]) -> None:
-    from vlmrl.cards import upsert_section
+    """The last checkpoint's card, less its evaluation (that was another model's: evaluating the mean writes its
+    own), plus a note naming the checkpoints averaged."""
+    from huggingface_hub import ModelCard
 
-    card = folder / "README.md"
-    if not card.exists():
+    from vlmrl.cards import drop_section, upsert_section
+
+    path = folder / "README.md"
+    if not path.exists():
         return
+    card = ModelCard.load(path)
+    card.data.eval_results = None
+    text = card.text
+    for name in ("evaluation", "video"):
+        text = drop_section(text, name)
     names = ", ".join(f"`{s.parent.name}`" for s in sources)
-    text = (f"**Averaged weights.** This model is the mean of {len(sources)} checkpoints' weights ({names}), "
+    note = (f"**Averaged weights.** This model is the mean of {len(sources)} checkpoints' weights ({names}), "
             f"the last of which gave its configuration and tokenizer; `{RECORD}` names them with their SHA-256.")
-    card.write_text(upsert_section(card.read_text(), "average", text))
+    card.text = upsert_section(text, "average", note)
+    card.save(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,6 +61,12 @@ def upsert_section(text: str, name: str, content: str) -> str:
     return text.rstrip() + "\n\n" + block if text.strip() else "\n" + block
 
 
+def drop_section(text: str, name: str) -> str:
+    """The card body without its section ``name`` (between vlmrl markers); unchanged where there is none."""
+    begin, end = _section_markers(name)
+    return re.sub(r"\n*" + re.escape(begin) + r".*?" + re.escape(end) + r"\n?", "\n", text, flags=re.DOTALL)
+
+
 def _split_title(text: str) -> tuple[str | None, str]:
     """A card body's leading ``# title`` and the rest."""
     stripped = text.strip()

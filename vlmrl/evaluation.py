@@ -180,8 +180,7 @@ def evaluate(args: EvaluateArguments) -> dict:
         if state.is_main_process:
             print(f"note: episodes capped at {args.max_steps} steps: not the full protocol, so the model card is "
                   "left as it is")
-    elif (state.is_main_process and args.policy == "model" and card.exists()
-            and meta_path(card.parent, TRAIN_MANIFEST).exists()):
+    elif state.is_main_process and args.policy == "model" and writes_card(card.parent):
         from vlmrl.cards import add_eval_results_to_card
 
         add_eval_results_to_card(card, results)
@@ -194,6 +193,15 @@ def evaluate(args: EvaluateArguments) -> dict:
         write_json(output_dir / "probe.json", probe)
         results = {**results, "probe": probe}
     return results
+
+
+def writes_card(model_dir: Path) -> bool:
+    """Whether an evaluation writes its results into the model's card: a checkpoint train.py wrote, or a mean of
+    checkpoints (``vlmrl.averaging``), never a card someone else wrote (a Hub download, a base model)."""
+    from vlmrl.averaging import RECORD
+
+    return (model_dir / "README.md").exists() and (meta_path(model_dir, TRAIN_MANIFEST).exists()
+                                                    or (model_dir / RECORD).exists())
 
 
 def format_results(results: dict) -> str:
