@@ -88,6 +88,23 @@ def test_random_policy_results_follow_the_schema(tmp_path):
     assert "eval/video" in events.Tags()["images"]
 
 
+def test_other_held_out_games_are_played_from_first_episode_on(tmp_path):
+    args = dict(policy="random", episodes=2, max_steps=30, num_envs=2, progress=False, video=False)
+    protocol = evaluate(EvaluateArguments(output_dir=str(tmp_path / "a"), **args))
+    other = evaluate(EvaluateArguments(output_dir=str(tmp_path / "b"), first_episode=1, **args))
+    assert protocol["seeds"] == [1_000_000, 1_000_001] and other["seeds"] == [1_000_001, 1_000_002]
+    # The same game, seed 1,000,001, plays the same whichever run it is in (the random policy is seeded per episode).
+    assert other["returns"][0] == protocol["returns"][1]
+    # Another set of games is another evaluation: never written over the protocol's results.
+    with pytest.raises(ValueError, match="first_episode"):
+        evaluate(EvaluateArguments(output_dir=str(tmp_path / "a"), first_episode=1, **args))
+    for bad in (-1, 100_001):
+        with pytest.raises(ValueError, match="--first-episode"):
+            EvaluateArguments(policy="random", first_episode=bad)
+    with pytest.raises(ValueError, match="not published"):
+        EvaluateArguments(policy="random", first_episode=10, push_to_hub="u/m")
+
+
 def test_video_episodes_choice_and_overlay():
     frames = [np.zeros((210, 160, 3), np.uint8)] * 5
     rendered = render_episode(frames, ["NOOP", "RIGHT", "LEFT", "NOOP", "NOOP"], [0, 1, 0, -1, 0],

@@ -257,6 +257,9 @@ class EvaluateArguments(LoggingArguments, PolicyArguments, EnvArguments):
     """evaluate.py: play held-out seeds under the v5 protocol and write results.json."""
 
     episodes: int = field(default=10, metadata={"help": "evaluation episodes (seeds 1,000,000 + i: never collected)"})
+    first_episode: int = field(default=0, metadata={
+        "help": "play held-out games 1,000,000 + first_episode + i instead: other games than the protocol's (0), to "
+                "check a choice made on those on games that chose nothing; results.json only, no card, no push"})
     max_steps: int | None = field(
         default=None, metadata={"help": "cap on agent steps per episode (default: the game's own, 27,000 for v5)"}
     )
@@ -285,6 +288,11 @@ class EvaluateArguments(LoggingArguments, PolicyArguments, EnvArguments):
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.num_envs < 1:
             raise ValueError(f"--num-envs must be >= 1, got {self.num_envs}")
+        if not 0 <= self.first_episode <= 100_000:
+            raise ValueError(f"--first-episode must be from 0 to 100,000, got {self.first_episode}")
+        if self.first_episode and self.push_to_hub:
+            raise ValueError("--first-episode plays other games than the protocol's: its results are not published "
+                             "(leave out --push-to-hub)")
         if self.probe not in (None, "vision"):
             raise ValueError(f"--probe must be vision (or unset), got {self.probe!r}")
         if self.probe == "vision" and self.policy != "model":

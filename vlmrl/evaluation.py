@@ -111,7 +111,7 @@ def evaluate(args: EvaluateArguments) -> dict:
         check_results_owner(output_dir, settings)  # another run's results are never overwritten
     state.wait_for_everyone()
     game = get_game(args.game)
-    seeds = eval_seeds(args.episodes)
+    seeds = eval_seeds(args.episodes, args.first_episode)
     filmed = video_episode_ids(args.video_episodes, args.episodes) if args.video else set()
     jobs = my_share(list(enumerate(seeds)), state)
     tracker = Tracker(args.report_to, logging_dir(args.logging_dir, output_dir / "tensorboard"),
@@ -180,6 +180,9 @@ def evaluate(args: EvaluateArguments) -> dict:
         if state.is_main_process:
             print(f"note: episodes capped at {args.max_steps} steps: not the full protocol, so the model card is "
                   "left as it is")
+    elif args.first_episode:
+        if state.is_main_process:
+            print("note: other games than the protocol's (--first-episode): the model card is left as it is")
     elif state.is_main_process and args.policy == "model" and writes_card(card.parent):
         from vlmrl.cards import add_eval_results_to_card
 

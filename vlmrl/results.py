@@ -76,8 +76,9 @@ RESULTS_KEYS: tuple[str, ...] = (
 OPTIONAL_RESULTS_KEYS: tuple[str, ...] = ("oracle_agreement_by_phase", "videos", "max_steps")
 # Beside results.json, the settings of the evaluation that wrote it (``check_results_owner``).
 EVALUATION_RECORD = ".vlmrl/evaluation.json"
-_EVALUATION_KEYS = ("model", "policy", "game", "episodes", "max_steps", "seed", "decode", "temperature", "frameskip",
-                    "repeat_action_probability", "frames", "encoding", "crop", "image_size", "resample")
+_EVALUATION_KEYS = ("model", "policy", "game", "episodes", "first_episode", "max_steps", "seed", "decode",
+                    "temperature", "frameskip", "repeat_action_probability", "frames", "encoding", "crop",
+                    "image_size", "resample")
 
 # Collections seed episode i of a run with seed + i, seeds below this: evaluation never reuses them.
 EVAL_SEED_OFFSET = 1_000_000
@@ -126,11 +127,12 @@ def bootstrap_ci(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def eval_seeds(episodes: int) -> list[int]:
-    """Seeds of the evaluation episodes, disjoint from every collection seed."""
+def eval_seeds(episodes: int, first: int = 0) -> list[int]:
+    """Seeds of the evaluation episodes, disjoint from every collection seed (``first`` > 0: other held-out games
+    than the protocol's, from the ``first``-th on)."""
     if episodes < 1:
         raise ValueError(f"evaluation needs at least one episode, got {episodes}")
-    return [EVAL_SEED_OFFSET + i for i in range(episodes)]
+    return [EVAL_SEED_OFFSET + first + i for i in range(episodes)]
 
 
 def _fraction(name: str, value: float | None, allow_none: bool) -> float | None:
