@@ -26,9 +26,10 @@ def main(args: EvaluateArguments) -> dict:
     if args.push_to_hub and args.max_steps is not None:
         print(f"note: not pushed to {args.push_to_hub}: a capped evaluation (--max-steps) is not the protocol's score")
     elif args.push_to_hub:
-        from vlmrl.hub import push_eval_results
+        from vlmrl.hub import publish_evaluation
 
-        push_eval_results(args.push_to_hub, f"{args.output_dir}/results.json", revision=args.hub_revision)
+        publish_evaluation(args.model if args.policy == "model" else None, args.push_to_hub,
+                           f"{args.output_dir}/results.json", revision=args.hub_revision)
     return results
 
 

@@ -417,6 +417,35 @@ def test_checkpoints_go_to_a_branch_per_iteration_with_their_evaluation(fake_hub
     assert "config.json" not in fake_hub.files(MODEL_REPO, revision="iteration-2")
 
 
+def test_a_mean_of_checkpoints_is_published_on_its_own_branch_beside_its_score(fake_hub, tmp_path):
+    from vlmrl.averaging import RECORD
+    from vlmrl.experiment import phase_command
+
+    make_checkpoint(tmp_path / "it2" / "checkpoint", b"weights-2", tmp_path)
+    push_checkpoint(tmp_path / "it2" / "checkpoint", MODEL_REPO, revision="iteration-2")
+    mean = make_checkpoint(tmp_path / "it2" / "policy", b"mean-weights", tmp_path)
+    (mean / RECORD).write_text(json.dumps({"average": "1:2", "sources": []}))
+    results = tmp_path / "it2" / "results.json"
+    write_json(results, {"game": "ALE/Pong-v5", "episodes": 4, "mean_return": -3.0, "std_return": 2.0})
+    hub.publish_evaluation(mean, MODEL_REPO, results, revision="iteration-2-mean")
+    served = fake_hub.files(MODEL_REPO, revision="iteration-2-mean")
+    assert served["model.safetensors"] == b"mean-weights" and RECORD in served
+    assert json.loads(served["results.json"])["mean_return"] == -3.0
+    # The checkpoint's own branch keeps its weights, and a checkpoint's evaluation uploads no weights.
+    assert fake_hub.files(MODEL_REPO, revision="iteration-2")["model.safetensors"] == b"weights-2"
+    uploads = fake_hub.calls.count("upload_folder")
+    hub.publish_evaluation(tmp_path / "it2" / "checkpoint", MODEL_REPO, results, revision="iteration-2")
+    assert fake_hub.calls.count("upload_folder") == uploads
+    assert json.loads(fake_hub.files(MODEL_REPO, revision="iteration-2")["results.json"])["mean_return"] == -3.0
+    # The loop names the branches: a mean's evaluation goes to iteration-k-mean.
+    recipe = tmp_path / "recipe"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "recipes" / "tiny-smolvlm" / "pong", recipe)
+    (recipe / "experiment.yaml").write_text("base_model: base\ngame: ALE/Pong-v5\naverage_checkpoints: '11:3'\n")
+    for k, branch in ((11, "iteration-11"), (12, "iteration-12-mean")):
+        cmd = phase_command("evaluate", exp_dir=tmp_path / "exp", recipe=recipe, k=k, overrides={"hub": "user/p"})
+        assert cmd[cmd.index("--hub-revision") + 1] == branch
+
+
 # ---------------------------------------------------------------------------------------------- faults
 
 

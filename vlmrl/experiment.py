@@ -206,8 +206,9 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
             model = str(it / (POLICY_DIR if len(evaluated_window(settings, o, k)) > 1 else "checkpoint"))
         cmd = [*py, str(ROOT / "evaluate.py"), *config, "--model", model, "--output-dir", str(it), "--seed", str(seed)]
         cmd += _flags(o, eval_episodes="--episodes", eval_max_steps="--max-steps")
-        if hub and k > 0:
-            cmd += ["--push-to-hub", hub_repo_id(hub, "model"), "--hub-revision", f"iteration-{k}"]
+        if hub and k > 0:  # a mean of checkpoints goes to its own branch: iteration-k holds checkpoint k's weights
+            revision = f"iteration-{k}" + ("-mean" if model.endswith(POLICY_DIR) else "")
+            cmd += ["--push-to-hub", hub_repo_id(hub, "model"), "--hub-revision", revision]
         if o.get("probe"):
             cmd += ["--probe", "vision"]
     else:

@@ -223,6 +223,18 @@ def push_eval_results(repo_id: str, results: Mapping[str, Any] | str | Path, *, 
     return _pushing(f"pushing evaluation results to {repo_id}@{revision or 'main'}", source, retry, token, push)
 
 
+def publish_evaluation(model: str | Path | None, repo_id: str, results: str | Path, *, revision: str | None = None,
+                       token: str | None = None) -> str:
+    """An evaluation's results into ``repo_id@revision``'s card. A mean of checkpoints (``vlmrl.averaging``: its
+    weights were never pushed by training) is uploaded there first, so the card's score sits beside its weights."""
+    from vlmrl.averaging import RECORD
+
+    if model is not None and (Path(model) / RECORD).is_file():
+        push_checkpoint(model, repo_id, revision=revision or constants.DEFAULT_REVISION, token=token,
+                        commit_message=f"vlmrl: mean of checkpoints ({revision or 'main'})")
+    return push_eval_results(repo_id, results, revision=revision, token=token)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 
