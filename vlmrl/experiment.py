@@ -458,10 +458,10 @@ def _add_knobs(p) -> None:
         ("--lr-schedule", "iteration:rate steps, e.g. 11:3e-4 (from iteration 11 on each cosine starts at 3e-4; the "
          "iterations before keep --lr or train.yaml's); 'none' drops the recipe's lr_schedule"),
         ("--eval-episodes", "evaluation episodes"),
+        ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--average", "START:COUNT, e.g. 11:3: evaluate iteration k >= 11 as the mean of the weights of the last 3 "
          "checkpoints from 11 on ('none': each as itself; default: the recipe's average_checkpoints); collection "
          "and training are unchanged"),
-        ("--eval-max-steps", "cap on steps per evaluation episode"),
         ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
         ("--base-model", "the base model of iteration 1 and of entry 0, instead of the recipe's base_model"),
