@@ -6,9 +6,8 @@ mean of several checkpoints' (same architecture, same keys); ``make experiment A
 iteration k >= s as the mean of checkpoints max(s, k-m+1)..k, the earlier ones as themselves: while the
 policy still improves fast the mean plays worse than its last checkpoint (over three seeds at 20,000 agent
 steps, the mean of iterations 2-4 lost 2.6 points to iteration 4), so the tiny recipe starts where its learning
-rate falls. Collection
-and training still use each iteration's own checkpoint, so the loop's data and checkpoints are the same with
-or without it; only what is evaluated (and published) changes.
+rate falls. Collection and training still use each iteration's own checkpoint, so the loop's data and
+checkpoints are the same with or without it; only what is evaluated (and published) changes.
 
     iteration_<k>/policy/                 the averaged model (config, tokenizer, card from checkpoint k)
     iteration_<k>/policy/vlmrl_average.json   which checkpoints, with their weights' SHA-256
@@ -16,7 +15,6 @@ or without it; only what is evaluated (and published) changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +39,7 @@ def parse_average(raw) -> tuple[int, int]:
     """AVERAGE / ``average_checkpoints``: ``"11:3"`` (from iteration 11 on, the mean of the last 3 checkpoints
     from 11 on), ``"3"`` (from iteration 1), ``"1"`` or ``"none"`` (no averaging). Returns (start, last)."""
     text = str(raw).strip()
-    if text.lower() in ("none", "1", "1:1") and not isinstance(raw, bool):
+    if text.lower() == "none" and not isinstance(raw, bool):
         return 1, 1
     start_text, _, last_text = text.rpartition(":") if ":" in text else ("1", "", text)
     try:
@@ -55,17 +53,11 @@ def parse_average(raw) -> tuple[int, int]:
     return start, last
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _record(sources: list[Path], note: dict | None) -> dict:
+    from vlmrl.data import file_sha256
+
     record = dict(note or {})
-    record.update(sources=[str(s) for s in sources], weights_sha256=[_digest(s / WEIGHTS) for s in sources])
+    record.update(sources=[str(s) for s in sources], weights_sha256=[file_sha256(s / WEIGHTS) for s in sources])
     return record
 
 

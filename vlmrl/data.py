@@ -131,7 +131,7 @@ def _digest_path(dataset_dir: str | Path, name: str) -> Path:
     return meta_path(dataset_dir, "digests") / f"{name}.sha256"
 
 
-def _sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -142,7 +142,7 @@ def _record_digest(dataset_dir: str | Path, name: str, path: Path) -> None:
     # bytes (a disk fault, a partial copy) is found at resume, wherever in the file it is.
     digest = _digest_path(dataset_dir, name)
     digest.parent.mkdir(parents=True, exist_ok=True)
-    digest.write_text(_sha256(path) + "\n")
+    digest.write_text(file_sha256(path) + "\n")
 
 
 @contextmanager
@@ -182,7 +182,7 @@ def shard_problem(path: str | Path) -> str | None:
 
     path = Path(path)
     digest = _digest_path(path.parent.parent, path.stem)
-    if digest.exists() and digest.read_text().strip() != _sha256(path):
+    if digest.exists() and digest.read_text().strip() != file_sha256(path):
         return "its bytes differ from those written (checksum)"
     try:
         expected = pq.read_metadata(str(path)).num_rows

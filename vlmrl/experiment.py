@@ -229,14 +229,13 @@ def _flags(overrides: dict, **names: str) -> list[str]:
 def run_phase(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides: dict) -> None:
     cmd = phase_command(phase, exp_dir=exp_dir, recipe=recipe, k=k, overrides=overrides)
     if phase == "evaluate" and k > 0:
-        settings = recipe_settings(recipe)
-        given = {key: v for key, v in overrides.items() if v not in (None, "")}
-        window = evaluated_window(settings, given, k)
+        start, last = average_spec(recipe_settings(recipe), {key: v for key, v in overrides.items()
+                                                             if v not in (None, "")})
+        window = average_window(k, last, start)
         if len(window) > 1:
             sources = [iteration_dir(exp_dir, j) / "checkpoint" for j in window]
             print(f"averaging the weights of iterations {window[0]}..{window[-1]} into "
                   f"{iteration_dir(exp_dir, k) / POLICY_DIR}", flush=True)
-            start, last = average_spec(settings, given)
             average_checkpoints(sources, iteration_dir(exp_dir, k) / POLICY_DIR, note={"average": f"{start}:{last}"})
     env = dict(os.environ)
     if phase != "reflect":  # the Trainer's TensorBoard callback reads its folder from here, and so do collect/evaluate
