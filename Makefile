@@ -40,6 +40,9 @@ LOOP_JOBS ?= 1
 # average_checkpoints; AVERAGE=none evaluates each checkpoint as itself.
 AVERAGE ?=
 TEACHER_MIX ?=
+# A teacher mix that changes across iterations: TEACHER_MIX_SCHEDULE=11:0 lets the oracle play no collection step
+# from iteration 11 on (the iterations before keep TEACHER_MIX or the recipe's); none drops the recipe's.
+TEACHER_MIX_SCHEDULE ?=
 SAMPLE_BUDGET ?=
 # PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
 PHASE_WEIGHT ?=
@@ -84,6 +87,7 @@ OVERRIDES := $(if $(EPISODES),--episodes $(EPISODES)) $(if $(MAX_STEPS),--max-st
 	$(if $(AVERAGE),--average $(AVERAGE)) \
 	$(if $(EVAL_EPISODES),--eval-episodes $(EVAL_EPISODES)) $(if $(EVAL_MAX_STEPS),--eval-max-steps $(EVAL_MAX_STEPS)) \
 	$(if $(TEACHER_MIX),--teacher-mix $(TEACHER_MIX)) $(if $(HUB),--hub $(HUB)) \
+	$(if $(TEACHER_MIX_SCHEDULE),--teacher-mix-schedule $(TEACHER_MIX_SCHEDULE)) \
 	$(if $(SEED),--seed $(SEED)) $(if $(SAMPLE_BUDGET),--sample-budget $(SAMPLE_BUDGET)) \
 	$(if $(PHASE_WEIGHT),--phase-weight $(PHASE_WEIGHT)) \
 	$(if $(REFLECTOR),--reflector $(REFLECTOR)) $(if $(OUTCOME),--outcome $(OUTCOME)) \

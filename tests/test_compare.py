@@ -338,3 +338,35 @@ def test_runs_from_another_base_model_are_another_method_not_more_seeds(tmp_path
         "vlmrl (tiny/pong, from pong-s0/iteration_6)": ["pong-s0", "pong-s1"],
         "vlmrl (tiny/pong, from tiny-smolvlm)": ["base-s0", "base-s1"],
     }
+
+
+def test_runs_that_part_at_a_later_iteration_by_a_schedule_are_another_method(tmp_path):
+    from vlmrl.data import meta_path
+    from vlmrl.report import run_settings
+
+    settings = {}
+    for name, mix_from_3, rate_from_2 in (("plain", 0.5, 1e-3), ("mix", 0.0, 1e-3), ("rate", 0.5, 3e-4)):
+        exp = tmp_path / name
+        for k in (1, 2, 3):
+            collect = meta_path(exp / f"iteration_{k}" / "episodes", "summary.json")
+            collect.parent.mkdir(parents=True)
+            collect.write_text(json.dumps({"settings": {"seed": 1000 * k, "teacher_mix": mix_from_3 if k >= 3
+                                                        else 0.5}}))
+            train = meta_path(exp / f"iteration_{k}" / "checkpoint", "vlmrl_train.json")
+            train.parent.mkdir(parents=True)
+            train.write_text(json.dumps({"seed": 0, "learning_rate": rate_from_2 if k >= 2 else 1e-3}))
+        settings[name] = run_settings(exp)["settings"]
+    assert not any(key.endswith(".schedule") for key in settings["plain"])
+    assert settings["mix"]["collect.teacher_mix.schedule"] == "3:0.0"
+    assert settings["rate"]["train.learning_rate.schedule"] == "2:0.0003"
+    assert "train.learning_rate.schedule" not in settings["mix"]
+    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
+    runs = []
+    for name, recorded in settings.items():
+        folder = _experiment(tmp_path / "c", name, points)
+        summary = json.loads((folder / "experiment_summary.json").read_text())
+        summary.update(seed=0, settings=recorded)
+        (folder / "experiment_summary.json").write_text(json.dumps(summary))
+        runs.append(folder)
+    report = compare(runs, None, tmp_path / "out")  # the same seed thrice, but three methods: not refused
+    assert len(report["methods"]) == 3 and all(m["n_seeds"] == 1 for m in report["methods"].values())

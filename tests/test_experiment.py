@@ -207,6 +207,38 @@ def test_a_learning_rate_schedule_sets_each_iterations_rate(tmp_path):
     assert cli.returncode == 2 and "iteration:rate" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
 
 
+def test_a_teacher_mix_schedule_sets_each_iterations_mix(tmp_path):
+    from vlmrl.experiment import check, recipe_settings
+
+    recipe = _recipe(tmp_path, "base-model-path")
+    exp = tmp_path / "exp"
+
+    def mix(k, **knobs):
+        cmd = phase_command("collect", exp_dir=exp, recipe=recipe, k=k, overrides=knobs)
+        return cmd[cmd.index("--teacher-mix") + 1] if "--teacher-mix" in cmd else None
+
+    steps = {"teacher_mix_schedule": "6:0.25,11:0"}
+    assert [mix(k, **steps) for k in (1, 5, 6, 10, 11, 20)] == [None, None, "0.25", "0.25", "0.0", "0.0"]
+    assert [mix(k, teacher_mix="0.8", **steps) for k in (5, 6)] == ["0.8", "0.25"]  # the constant holds until then
+    # Only collection changes, and the iterations before the first step run exactly as without a schedule.
+    for phase in ("reflect", "train", "evaluate"):
+        assert phase_command(phase, exp_dir=exp, recipe=recipe, k=12, overrides=steps) == \
+            phase_command(phase, exp_dir=exp, recipe=recipe, k=12, overrides={})
+    assert phase_command("collect", exp_dir=exp, recipe=recipe, k=10, overrides={"teacher_mix_schedule": "11:0"}) \
+        == phase_command("collect", exp_dir=exp, recipe=recipe, k=10, overrides={})
+    (recipe / "experiment.yaml").write_text((recipe / "experiment.yaml").read_text() +
+                                            "teacher_mix_schedule: {3: 0.0}\n")
+    assert recipe_settings(recipe)["teacher_mix_schedule"] == {3: 0.0}
+    assert [mix(k) for k in (2, 3)] == [None, "0.0"] and mix(3, teacher_mix_schedule="none") is None
+    for bad in ("abc", "1:0", "5:-0.1", "5:1.5", "5:0,5:0.5", "5"):
+        with pytest.raises(ValueError, match="TEACHER_MIX_SCHEDULE"):
+            check(exp_dir=exp, recipe=recipe, overrides={"teacher_mix_schedule": bad}, iterations="6")
+    cli = subprocess.run([sys.executable, "-m", "vlmrl.experiment", "check", "--exp", "x", "--root", str(tmp_path),
+                          "--recipe", str(recipe), "--iterations", "2", "--teacher-mix-schedule", "2:abc"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert cli.returncode == 2 and "iteration:share" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+
 def test_a_branch_keeps_the_iterations_up_to_its_point_and_names_its_own_folders(tmp_path):
     from vlmrl.experiment import branch
 

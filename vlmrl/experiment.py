@@ -66,11 +66,12 @@ def recipe_settings(recipe: str | Path) -> dict:
         raise ValueError(f"{path}: observation must be a mapping of {', '.join(OBSERVATION_KEYS)}; got {observation!r}")
     settings["observation"] = observation
     settings.setdefault("seed", 0)
-    if settings.get("lr_schedule") is not None:
-        try:
-            settings["lr_schedule"] = parse_lr_schedule(settings["lr_schedule"])
-        except ValueError as err:
-            raise ValueError(f"{path}: lr_schedule: {err}") from None
+    for key, (_, parse, _) in SCHEDULES.items():
+        if settings.get(key) is not None:
+            try:
+                settings[key] = parse(settings[key])
+            except ValueError as err:
+                raise ValueError(f"{path}: {key}: {err}") from None
     try:
         parse_average(settings.setdefault("average_checkpoints", 1))
     except ValueError as err:
@@ -81,10 +82,10 @@ def recipe_settings(recipe: str | Path) -> dict:
     return settings
 
 
-def parse_lr_schedule(raw) -> dict[int, float]:
-    """A learning rate that changes across iterations: ``"11:3e-4"`` (or ``{11: 3.0e-4}`` in experiment.yaml)
-    means each iteration from the 11th on starts its cosine at 3e-4; iterations before the first one named keep
-    train.yaml's rate (or LR's). Several steps: ``"6:5e-4,11:3e-4"``. ``"none"`` (or empty) names no step."""
+def parse_schedule(raw, *, unit: str, example: str, value: str, allowed) -> dict[int, float]:
+    """Iteration:value steps across iterations: ``"11:3e-4"`` (or ``{11: 3.0e-4}`` in experiment.yaml) means
+    iteration 11 and every later one take that value; several steps ``"6:5e-4,11:3e-4"``; ``"none"`` (or empty)
+    names no step. ``allowed`` says which values are; ``unit``, ``example`` and ``value`` word the refusal."""
     if isinstance(raw, dict):
         pairs = list(raw.items())
     else:
@@ -93,21 +94,50 @@ def parse_lr_schedule(raw) -> dict[int, float]:
             return {}
         pairs = [part.split(":", 1) if ":" in part else (part, None) for part in text.split(",")]
     schedule: dict[int, float] = {}
-    for key, value in pairs:
+    for key, given in pairs:
         try:
-            k, rate = int(str(key).strip()), float(str(value).strip())
+            k, number = int(str(key).strip()), float(str(given).strip())
         except ValueError:
-            raise ValueError(f"expected iteration:rate pairs such as 11:3e-4 or 6:5e-4,11:3e-4, got {raw!r}") from None
-        if k < 2 or str(key).strip() != str(k) or not 0 < rate < 1 or k in schedule:
-            raise ValueError(f"each step is a distinct iteration >= 2 and a rate between 0 and 1, got {raw!r}")
-        schedule[k] = rate
+            raise ValueError(f"expected iteration:{unit} pairs such as {example}, got {raw!r}") from None
+        if k < 2 or str(key).strip() != str(k) or not allowed(number) or k in schedule:
+            raise ValueError(f"each step is a distinct iteration >= 2 and {value}, got {raw!r}")
+        schedule[k] = number
     return dict(sorted(schedule.items()))
 
 
-def scheduled_lr(schedule: dict[int, float], k: int) -> float | None:
-    """The rate iteration k starts at under ``schedule``; None before its first step (train.yaml's or LR's)."""
-    named = [rate for start, rate in schedule.items() if start <= k]
+def parse_lr_schedule(raw) -> dict[int, float]:
+    """A learning rate that changes across iterations: ``"11:3e-4"`` means each iteration from the 11th on starts
+    its cosine at 3e-4; iterations before the first one named keep train.yaml's rate (or LR's)."""
+    return parse_schedule(raw, unit="rate", example="11:3e-4 or 6:5e-4,11:3e-4", value="a rate between 0 and 1",
+                          allowed=lambda rate: 0 < rate < 1)
+
+
+def parse_mix_schedule(raw) -> dict[int, float]:
+    """A teacher mix that changes across iterations: ``"11:0"`` means the oracle plays no collection step from
+    iteration 11 on; iterations before the first one named keep collect.yaml's mix (or TEACHER_MIX's)."""
+    return parse_schedule(raw, unit="share", example="11:0 or 6:0.25,11:0", value="a share from 0 to 1",
+                          allowed=lambda share: 0 <= share <= 1)
+
+
+def scheduled(schedule: dict[int, float], k: int) -> float | None:
+    """The value iteration k takes under ``schedule``; None before its first step (the phase's own setting)."""
+    named = [value for start, value in schedule.items() if start <= k]
     return named[-1] if named else None
+
+
+SCHEDULES = {"lr_schedule": ("LR_SCHEDULE (--lr-schedule)", parse_lr_schedule, "lr"),
+             "teacher_mix_schedule": ("TEACHER_MIX_SCHEDULE (--teacher-mix-schedule)", parse_mix_schedule,
+                                      "teacher_mix")}
+
+
+def apply_schedules(settings: dict, overrides: dict, k: int) -> None:
+    """Sets ``overrides``' LR and TEACHER_MIX for iteration k from their schedules (the flag's, else the
+    recipe's): a schedule's step wins over the constant from the iteration it names."""
+    for key, (_, parse, knob) in SCHEDULES.items():
+        schedule = parse(overrides[key]) if key in overrides else settings.get(key) or {}
+        value = scheduled(schedule, k)
+        if value is not None:
+            overrides[knob] = repr(value)
 
 
 MAX_SEED = 9  # collection seeds are 100,000 x seed + 1,000 x iteration + episode: below evaluation's 1,000,000
@@ -165,6 +195,7 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
     py = [sys.executable]
     config = ["--config", str(recipe / f"{phase}.yaml")]
     hub = o.get("hub")
+    apply_schedules(settings, o, k)
     if phase == "collect":
         cmd = [*py, str(ROOT / "collect.py"), *config, "--model", model_for(exp_dir, k, base),
                "--output-dir", str(it / "episodes"), "--iteration", str(k), "--seed", str(100_000 * seed + 1000 * k)]
@@ -189,10 +220,6 @@ def phase_command(phase: str, *, exp_dir: Path, recipe: Path, k: int, overrides:
         cmd = [*launch, str(ROOT / "train.py"), *config, "--model_name_or_path", model_for(exp_dir, k, base),
                "--reflections", ",".join(reflections), "--output_dir", str(it / "checkpoint"),
                "--iteration", str(k), "--recipe", str(recipe), "--seed", str(seed)]
-        schedule = parse_lr_schedule(o["lr_schedule"]) if "lr_schedule" in o else settings.get("lr_schedule") or {}
-        rate = scheduled_lr(schedule, k)
-        if rate is not None:
-            o["lr"] = repr(rate)
         cmd += _flags(o, epochs="--num_train_epochs", batch_size="--per_device_train_batch_size", lr="--learning_rate",
                       sample_budget="--sample-budget", rehearsal_share="--rehearsal-share", lora="--use_peft",
                       phase_weight="--phase-weight",
@@ -369,11 +396,12 @@ def check(*, exp_dir: Path, recipe: Path, overrides: dict, iterations: str, base
     base = o.get("base_model") or settings["base_model"]
     experiment_seed(settings, o)
     evaluated_window(settings, o, 1)
-    if "lr_schedule" in o:
-        try:
-            parse_lr_schedule(o["lr_schedule"])
-        except ValueError as err:
-            raise ValueError(f"LR_SCHEDULE (--lr-schedule): {err}") from None
+    for key, (name, parse, _) in SCHEDULES.items():
+        if key in o:
+            try:
+                parse(o[key])
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
     plan = [(0, "evaluate")] if base_eval else []
     plan += [(k, phase) for k in range(1, last + 1) for phase in PHASES]
     differences = []
@@ -462,6 +490,9 @@ def _add_knobs(p) -> None:
          "checkpoints from 11 on ('none': each as itself; default: the recipe's average_checkpoints); collection "
          "and training are unchanged"),
         ("--teacher-mix", "share of collection steps the oracle plays (DAgger's mixture)"),
+        ("--teacher-mix-schedule", "iteration:share steps, e.g. 11:0 (from iteration 11 on the oracle plays no "
+         "collection step; the iterations before keep --teacher-mix or collect.yaml's); 'none' drops the recipe's "
+         "teacher_mix_schedule"),
         ("--hub", "publish to the Hub under this prefix (user/prefix)"),
         ("--base-model", "the base model of iteration 1 and of entry 0, instead of the recipe's base_model"),
         ("--launch", "launcher for train.py, e.g. 'accelerate launch --config_file ...'"),

@@ -77,11 +77,39 @@ def run_settings(exp_dir: Path) -> dict:
     settings.update({f"reflect.{k}": v for k, v in reflect.items() if k not in (*_WHERE, "episodes", "model")})
     train = _read(meta_path(iteration_dir(exp_dir, 1) / "checkpoint", "vlmrl_train.json")) or {}
     settings.update({f"train.{k}": v for k, v in train.items() if k not in ("reflections", "output_dir")})
+    settings.update(scheduled_changes(exp_dir))
     # What was evaluated: runs whose checkpoints are the same but evaluated as means (AVERAGE) are two methods.
     average = evaluated_average(exp_dir)
     if average:
         settings["evaluate.average"] = average
     return {"seed": int(collect["seed"]) // 100_000, "settings": settings}
+
+
+# What a schedule (LR_SCHEDULE, TEACHER_MIX_SCHEDULE) changes after iteration 1: where to read it in each iteration.
+_SCHEDULED = (("collect.teacher_mix", "episodes", "summary.json", "teacher_mix"),
+              ("train.learning_rate", "checkpoint", "vlmrl_train.json", "learning_rate"))
+
+
+def scheduled_changes(exp_dir: Path) -> dict:
+    """``{"collect.teacher_mix.schedule": "11:0.0", ...}``: the iterations whose collection's teacher mix or
+    training's rate differ from the iteration before, as a schedule. Two runs that part only from iteration 11
+    on are two methods, not two seeds of one."""
+    iterations = sorted(int(path.name.rsplit("_", 1)[-1]) for path in exp_dir.glob("iteration_*")
+                        if path.name.rsplit("_", 1)[-1].isdigit())
+    changes = {}
+    for name, part, record_name, key in _SCHEDULED:
+        steps, before = [], None
+        for k in (k for k in iterations if k >= 1):
+            record = _read(meta_path(iteration_dir(exp_dir, k) / part, record_name)) or {}
+            value = record.get("settings", record).get(key)
+            if value is None:
+                continue
+            if before is not None and value != before:
+                steps.append(f"{k}:{value}")
+            before = value
+        if steps:
+            changes[f"{name}.schedule"] = ",".join(steps)
+    return changes
 
 
 def averaged_iterations(it: Path, results: dict | None) -> list[int] | None:
