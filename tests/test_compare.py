@@ -268,6 +268,18 @@ def test_an_experiments_settings_record_who_reflected(tmp_path):
     assert "collect.output_dir" not in settings and settings["train.seed"] == 0
 
 
+def _seed_0_runs(root, settings: dict) -> list:
+    """One small seed-0 experiment per entry of ``settings`` (name -> recorded settings)."""
+    runs = []
+    for name, recorded in settings.items():
+        folder = _experiment(root, name, [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])])
+        summary = json.loads((folder / "experiment_summary.json").read_text())
+        summary.update(seed=0, settings=recorded)
+        (folder / "experiment_summary.json").write_text(json.dumps(summary))
+        runs.append(folder)
+    return runs
+
+
 def test_the_same_checkpoints_evaluated_as_means_are_another_method(tmp_path):
     from vlmrl.averaging import POLICY_DIR, RECORD
     from vlmrl.data import meta_path
@@ -287,15 +299,8 @@ def test_the_same_checkpoints_evaluated_as_means_are_another_method(tmp_path):
             (exp / "iteration_3" / POLICY_DIR / RECORD).write_text(json.dumps({"average": average, "sources": []}))
         settings[name] = run_settings(exp)["settings"]
     assert "evaluate.average" not in settings["each"] and settings["mean"]["evaluate.average"] == "2:3"
-    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
-    runs = []
-    for name, recorded in settings.items():
-        folder = _experiment(tmp_path / "c", name, points)
-        summary = json.loads((folder / "experiment_summary.json").read_text())
-        summary.update(seed=0, settings=recorded)
-        (folder / "experiment_summary.json").write_text(json.dumps(summary))
-        runs.append(folder)
-    report = compare(runs, None, tmp_path / "out")  # the same seed twice, but two methods: not refused
+    # The same seed twice, but two methods: not refused.
+    report = compare(_seed_0_runs(tmp_path / "c", settings), None, tmp_path / "out")
     assert set(report["methods"]) == {"vlmrl (tiny/pong, average=None)", "vlmrl (tiny/pong, average=2:3)"}
 
 
@@ -360,13 +365,6 @@ def test_runs_that_part_at_a_later_iteration_by_a_schedule_are_another_method(tm
     assert settings["mix"]["collect.teacher_mix.schedule"] == "3:0.0"
     assert settings["rate"]["train.learning_rate.schedule"] == "2:0.0003"
     assert "train.learning_rate.schedule" not in settings["mix"]
-    points = [(0, [-21.0, -21.0]), (5000, [-16.0, -14.0])]
-    runs = []
-    for name, recorded in settings.items():
-        folder = _experiment(tmp_path / "c", name, points)
-        summary = json.loads((folder / "experiment_summary.json").read_text())
-        summary.update(seed=0, settings=recorded)
-        (folder / "experiment_summary.json").write_text(json.dumps(summary))
-        runs.append(folder)
-    report = compare(runs, None, tmp_path / "out")  # the same seed thrice, but three methods: not refused
+    # The same seed thrice, but three methods: not refused.
+    report = compare(_seed_0_runs(tmp_path / "c", settings), None, tmp_path / "out")
     assert len(report["methods"]) == 3 and all(m["n_seeds"] == 1 for m in report["methods"].values())
