@@ -41,7 +41,8 @@ LOOP_JOBS ?= 1
 AVERAGE ?=
 TEACHER_MIX ?=
 # A teacher mix that changes across iterations: TEACHER_MIX_SCHEDULE=11:0 lets the oracle play no collection step
-# from iteration 11 on (the iterations before keep TEACHER_MIX or the recipe's); none drops the recipe's.
+# from iteration 11 on (the iterations before keep TEACHER_MIX or the recipe's). The tiny Pong recipe names 11:0
+# (teacher_mix_schedule in its experiment.yaml); none drops the recipe's.
 TEACHER_MIX_SCHEDULE ?=
 SAMPLE_BUDGET ?=
 # PHASE_WEIGHT=toward=2: a step with Pong's ball coming toward you is twice as likely to be drawn into the budget.
